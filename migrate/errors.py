@@ -1,0 +1,36 @@
+"""The project's error types.
+
+Every error the tool raises on purpose derives from :class:`MigrateError`; the CLI catches that
+base once, prints one line naming the object and the cause, and exits non-zero.
+"""
+
+from __future__ import annotations
+
+
+class MigrateError(Exception):
+    """Base of every error graph-migrate reports to its user."""
+
+
+class UsageError(MigrateError):
+    """The command line or the environment does not allow the work to start."""
+
+
+class LegacyDataError(MigrateError):
+    """Legacy metadata (an image's json, a tag file, a container config) is unusable."""
+
+    def __init__(self, subject: str, cause: str) -> None:
+        super().__init__(f"{subject}: {cause}")
+        self.subject = subject
+        self.cause = cause
+
+
+class TarSplitError(MigrateError):
+    """A tar-split stream could not be read or replayed against the layer's files."""
+
+
+class ConfinementError(TarSplitError):
+    """A layer's entry name would lead outside its layer root, or is not a regular file."""
+
+
+class LayerContentError(MigrateError):
+    """A layer's content could neither be replayed nor regenerated."""
