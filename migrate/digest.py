@@ -64,7 +64,9 @@ class ImageID(Digest):
     """Digest of an image config's exact bytes."""
 
 
-EMPTY_TAR_DIFF_ID = DiffID("sha256", "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef")
+EMPTY_TAR_DIFF_ID = DiffID(
+    "sha256", "5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+)
 
 
 def chain_id(parent: ChainID | None, diff_id: DiffID) -> ChainID:

@@ -158,9 +158,19 @@ class RunSummary:
 
 def _summary(row: RunRow) -> RunSummary:
     return RunSummary(
-        row.id, row.host, row.root, row.driver, row.mode, row.started_at, row.ended_at,
-        row.outcome, row.images_migrated, row.images_skipped, row.bytes_hashed, row.message,
-    )  # fmt: skip
+        row.id,
+        row.host,
+        row.root,
+        row.driver,
+        row.mode,
+        row.started_at,
+        row.ended_at,
+        row.outcome,
+        row.images_migrated,
+        row.images_skipped,
+        row.bytes_hashed,
+        row.message,
+    )
 
 
 class Ledger:
@@ -218,10 +228,18 @@ class Ledger:
                     .values(outcome="interrupted")
                 )
             row = RunRow(
-                host=self.host, root=root, driver=driver, mode=mode, pid=os.getpid(),
-                started_at=_now(), outcome="running", message="",
-                images_migrated=0, images_skipped=0, bytes_hashed=0,
-            )  # fmt: skip
+                host=self.host,
+                root=root,
+                driver=driver,
+                mode=mode,
+                pid=os.getpid(),
+                started_at=_now(),
+                outcome="running",
+                message="",
+                images_migrated=0,
+                images_skipped=0,
+                bytes_hashed=0,
+            )
             session.add(row)
             session.flush()
             return row.id
@@ -234,9 +252,13 @@ class Ledger:
                 update(RunRow)
                 .where(RunRow.id == run_id)
                 .values(
-                    outcome=outcome, ended_at=_now(), images_migrated=migrated,
-                    images_skipped=skipped, bytes_hashed=hashed, message=message,
-                )  # fmt: skip
+                    outcome=outcome,
+                    ended_at=_now(),
+                    images_migrated=migrated,
+                    images_skipped=skipped,
+                    bytes_hashed=hashed,
+                    message=message,
+                )
             )
 
     def runs(self, root: str | None = None, *, all_hosts: bool = False) -> list[RunSummary]:
@@ -261,9 +283,15 @@ class Ledger:
             for v1_id, image_id, state, reason, tags in images:
                 session.merge(
                     ImageRow(
-                        host=self.host, root=root, v1_id=v1_id, image_id=image_id,
-                        state=state, reason=reason, tags=tags, run_id=run_id,
-                    )  # fmt: skip
+                        host=self.host,
+                        root=root,
+                        v1_id=v1_id,
+                        image_id=image_id,
+                        state=state,
+                        reason=reason,
+                        tags=tags,
+                        run_id=run_id,
+                    )
                 )
 
     def record_containers(
@@ -273,9 +301,13 @@ class Ledger:
             for container_id, state, reason in containers:
                 session.merge(
                     ContainerRow(
-                        host=self.host, root=root, container_id=container_id,
-                        state=state, reason=reason, run_id=run_id,
-                    )  # fmt: skip
+                        host=self.host,
+                        root=root,
+                        container_id=container_id,
+                        state=state,
+                        reason=reason,
+                        run_id=run_id,
+                    )
                 )
 
     def images(self, root: str) -> dict[str, tuple[str | None, str, str]]:
@@ -312,20 +344,34 @@ class LedgerLayerCache:
             if not os.path.exists(row.tar_split_path):
                 return None  # a regenerated stream was cleaned up: regenerate it again
             return LayerResult(
-                job.v1_id, DiffID.parse(row.diff_id), row.size, row.source,
-                row.tar_split_path, row.bytes_hashed, row.seconds, row.note,
-            )  # fmt: skip
+                job.v1_id,
+                DiffID.parse(row.diff_id),
+                row.size,
+                row.source,
+                row.tar_split_path,
+                row.bytes_hashed,
+                row.seconds,
+                row.note,
+            )
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
         with self.ledger.session() as session:
             session.merge(
                 LayerRow(
-                    host=self.ledger.host, root=self.root, v1_id=job.v1_id,
-                    fingerprint=fingerprint(job), diff_id=str(result.diff_id), size=result.size,
-                    source=result.source, tar_split_path=result.tar_split_path,
-                    bytes_hashed=result.bytes_hashed, seconds=result.seconds, note=result.note,
-                    run_id=self.run_id, updated_at=_now(),
-                )  # fmt: skip
+                    host=self.ledger.host,
+                    root=self.root,
+                    v1_id=job.v1_id,
+                    fingerprint=fingerprint(job),
+                    diff_id=str(result.diff_id),
+                    size=result.size,
+                    source=result.source,
+                    tar_split_path=result.tar_split_path,
+                    bytes_hashed=result.bytes_hashed,
+                    seconds=result.seconds,
+                    note=result.note,
+                    run_id=self.run_id,
+                    updated_at=_now(),
+                )
             )
 
 

@@ -87,7 +87,12 @@ def test_second_lock_names_the_holder_and_a_dead_holder_is_taken_over(tmp_path: 
     assert not (tmp_path / ".graph-migrate.lock").exists()
 
     # A holder killed with SIGKILL leaves its file behind, but the kernel dropped its lock.
-    code = "import os,signal,sys; from migrate.lock import RootLock; RootLock(sys.argv[1]).__enter__(); os.kill(os.getpid(), signal.SIGKILL)"
+    code = (
+        "import os, signal, sys\n"
+        "from migrate.lock import RootLock\n"
+        "RootLock(sys.argv[1]).__enter__()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=False)
     assert (tmp_path / ".graph-migrate.lock").exists()
     with RootLock(str(tmp_path)):
