@@ -1,0 +1,97 @@
+"""The importable API behind each command: what the CLI calls, and what scripts may call."""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+from migrate.engine import Migration, Progress, Report
+from migrate.ledger import Ledger, RunSummary, default_url
+from migrate.legacy import LegacyRoot, check_driver, detect_driver
+from migrate.lock import RootLock
+from migrate.store import DryRunTarget, RealTarget
+from migrate.verify import Verification, verify
+
+
+def open_root(root: str, driver: str = "auto") -> LegacyRoot:
+    """The legacy root with its driver resolved (``auto`` picks the one present)."""
+    root = os.path.abspath(root)
+    chosen = detect_driver(root) if driver == "auto" else driver
+    check_driver(root, chosen)
+    return LegacyRoot(root, chosen)
+
+
+def run_migration(
+    legacy: LegacyRoot,
+    *,
+    dry_run: bool = False,
+    jobs: int = 1,
+    ledger: Ledger | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Migrate (or audit) ``legacy``; the run and its units are recorded in ``ledger``."""
+    mode = "dry-run" if dry_run else "run"
+    target = DryRunTarget(legacy.root) if dry_run else RealTarget(legacy.root)
+    with nullcontext() if dry_run else RootLock(legacy.root):
+        run_id = ledger.start_run(legacy.root, legacy.driver, mode) if ledger else 0
+        cache = ledger.layer_cache(legacy.root, run_id) if ledger else None
+        try:
+            report = Migration(legacy, target, jobs=jobs, cache=cache, progress=progress).run()
+        except BaseException as exc:
+            if ledger:
+                ledger.end_run(run_id, "failed", migrated=0, skipped=0, hashed=0, message=str(exc))
+            raise
+        finally:
+            if isinstance(target, DryRunTarget):
+                target.close()
+        if ledger:
+            _record(ledger, legacy.root, run_id, report)
+    return report
+
+
+def _record(ledger: Ledger, root: str, run_id: int, report: Report) -> None:
+    images = [
+        (i.v1_id, str(i.image_id) if i.image_id else None, i.status, i.reason, " ".join(i.tags))
+        for i in report.images.values()
+    ]
+    containers = [(c.container_id, c.status, c.reason) for c in report.containers]
+    if not report.dry_run:
+        ledger.record_images(root, run_id, images)
+        ledger.record_containers(root, run_id, containers)
+    skipped = len(report.skipped)
+    ledger.end_run(
+        run_id,
+        "skipped" if skipped else "ok",
+        migrated=len(report.images) - skipped,
+        skipped=skipped,
+        hashed=report.bytes_hashed,
+        message="; ".join(f"{i.v1_id[:12]}: {i.reason}" for i in report.skipped)[:2000],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The last runs of a root and what is left to migrate there."""
+
+    runs: list[RunSummary]
+    legacy_images: int
+    migrated: int
+    remaining: list[str]
+
+
+def status(legacy: LegacyRoot, ledger: Ledger) -> Status:
+    """What the ledger knows of ``legacy``, compared with what is in its graph now."""
+    ids, _ = legacy.image_ids() if legacy.has_graph() else ([], [])
+    recorded = ledger.images(legacy.root)
+    migrated = [v1 for v1 in ids if recorded.get(v1, (None, "", ""))[1] == "migrated"]
+    remaining = [v1 for v1 in ids if v1 not in set(migrated)]
+    return Status(ledger.runs(legacy.root), len(ids), len(migrated), remaining)
+
+
+def check(legacy: LegacyRoot, *, content: bool = True) -> Verification:
+    """Verify the migrated store of ``legacy``."""
+    return verify(legacy, content=content)
+
+
+__all__ = ["check", "default_url", "open_root", "run_migration", "status"]
