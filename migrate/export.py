@@ -558,6 +558,9 @@ def export_images(
     if not names:
         raise UsageError("name at least one image to export")
     report = ExportReport()
+    # TODO(#8): every layer is read twice, once by the plan for its diff ID and once to write
+    # it; the ledger of an earlier run, or the writing pass itself for an OCI layout, could
+    # supply the diff ID and halve the reads of a large root.
     with _planned(legacy, jobs) as plan:
         images, report.skipped = plan_images(plan, names)
         for name, why in report.skipped:

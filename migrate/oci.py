@@ -97,9 +97,13 @@ def _config_without_nulls(raw: bytes) -> bytes:
 
 
 def platform(raw_config: bytes) -> dict[str, str]:
-    """The ``platform`` of an index entry: the config's architecture and os."""
-    fields = json.loads(raw_config)
-    return {"architecture": str(fields["architecture"]), "os": str(fields["os"])}
+    """The ``platform`` of an index entry: the OCI config's architecture and os."""
+    found = {
+        key: value.text()
+        for key, value in gojson.parse(raw_config).members()
+        if key in ("architecture", "os") and value.kind == "string"
+    }
+    return {"architecture": found.get("architecture", "amd64"), "os": found.get("os", "linux")}
 
 
 def manifest_json(config: Descriptor, layers: Sequence[Descriptor]) -> bytes:

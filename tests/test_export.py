@@ -41,8 +41,9 @@ from fixtures.model import (
     whiteout,
 )
 from fixtures.scenarios import Options
-from migrate import api, gzipstream, oci
+from migrate import api, export, gzipstream, oci
 from migrate.cli import app
+from migrate.errors import LayerContentError
 from tests.conftest import require_tool
 from tests.services import containerd, dockerd
 
@@ -361,8 +362,12 @@ def test_docker_loads_and_runs_the_archive(
     require_tool("busybox", "busybox-static")
     skopeo = require_tool("skopeo", "skopeo")
     host = hosts["runnable", driver]
-    archive = tmp_path / "images.tar"
+    archive, gzipped = tmp_path / "images.tar", tmp_path / "gzipped.tar"
     code, output = _export(host, "legacy/app:v1", "busybox", "--docker-archive", str(archive))
+    assert code == 0, output
+    code, output = _export(
+        host, "legacy/app:v1", "--docker-archive", str(gzipped), "--compress", "gzip"
+    )
     assert code == 0, output
     layout = tmp_path / "layout"
     assert _export(host, "legacy/app:v1", "--oci", str(layout))[0] == 0
@@ -377,6 +382,8 @@ def test_docker_loads_and_runs_the_archive(
             "image", "inspect", "--format", "{{.Id}} {{.RootFS.Layers}}", "legacy/app:v1"
         )
         assert shown.stdout == f"{expected_id} [{' '.join(_diff_ids(host, 'cmd'))}]\n"
+        # Loading layers it holds already, dockerd still checks each against its diff ID.
+        assert docker("load", "-i", str(gzipped)).stdout == "Loaded image: legacy/app:v1\n"
         docker("load", "-i", str(copied))
 
         for tag in ("legacy/app:v1", "copied/app:v1"):
@@ -741,3 +748,22 @@ def _run(*command: str) -> str:
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 0, f"{' '.join(command)}: {result.stderr}"
     return result.stdout
+
+
+def test_a_layer_changed_after_planning_fails_and_leaves_the_layout_alone(
+    tmp_path: Path,
+) -> None:
+    host = build_host(scenario("sample"), tmp_path / "root", driver="vfs")
+    legacy = api.open_root(str(host.root))
+    layout = tmp_path / "layout"
+    api.export(legacy, ["busybox:latest"], oci=str(layout))
+    before = _layout_files(layout)
+    with export._planned(legacy, 1) as plan:
+        images, _ = export.plan_images(plan, ["web:1.0"])
+        # The same size, other bytes: only the CRC in the tar-split stream can tell.
+        changed = host.payload_root(host.ids["web-app"]) / "srv" / "www" / "index.html"
+        changed.write_bytes(changed.read_bytes().upper())
+        writer = export.OciLayoutWriter(str(layout), legacy, compress="gzip", jobs=2)
+        with pytest.raises(LayerContentError, match=f"layer {host.ids['web-app']}: "):
+            writer.add(images[0])
+    assert _layout_files(layout) == before
