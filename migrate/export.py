@@ -301,6 +301,9 @@ class OciLayoutWriter:
         self.bytes_written = 0
         self.files.makedirs("blobs/sha256", 0o755)
         self.files.write("oci-layout", oci.layout_json(), 0o644)
+        if not self.files.exists("index.json"):
+            # A valid, empty layout from the start: an interrupted first export can be rerun.
+            self.files.write("index.json", oci.index_json([]), 0o644)
 
     def add(self, image: PlannedImage) -> None:
         layers = [self._layer(layer) for layer in image.layers]

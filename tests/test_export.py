@@ -449,11 +449,12 @@ def test_docker_archive_layout_is_what_docker_save_writes(
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("output", ["oci", "docker-archive"])
 def test_ctr_imports_the_export(
-    output: str, hosts: dict[tuple[str, str], Host], tmp_path: Path
+    output: str, driver: str, hosts: dict[tuple[str, str], Host], tmp_path: Path
 ) -> None:
-    host = hosts["sample", "vfs"]
+    host = hosts["sample", driver]
     archive = tmp_path / "images.tar"
     if output == "oci":
         layout = tmp_path / "layout"
@@ -649,6 +650,14 @@ def test_an_interrupted_export_leaves_the_output_as_it_was(
         assert archive.read_bytes() == saved
     assert _export(host, "web:1.0", "--oci", str(layout))[0] == 0
     assert [e["annotations"][oci.REF_NAME] for e in _index(layout)] == ["busybox:latest", "web:1.0"]
+
+    # Killed during the first export into a new directory: a valid empty layout, and a rerun
+    # completes it.
+    fresh = tmp_path / "fresh"
+    assert _crash(host, 3, "web:1.0", "--oci", str(fresh)) == -9
+    assert _index(fresh) == []
+    assert _export(host, "web:1.0", "--oci", str(fresh))[0] == 0
+    assert [e["annotations"][oci.REF_NAME] for e in _index(fresh)] == ["web:1.0"]
 
 
 def _crash(host: Host, arrival: int, *args: str) -> int:
