@@ -7,6 +7,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from migrate.engine import Migration, Progress, Report
+from migrate.export import ExportReport, export_images
 from migrate.ledger import Ledger, RunSummary, default_url
 from migrate.legacy import LegacyRoot, check_driver, detect_driver
 from migrate.lock import RootLock
@@ -94,4 +95,27 @@ def check(legacy: LegacyRoot, *, content: bool = True) -> Verification:
     return verify(legacy, content=content)
 
 
-__all__ = ["check", "default_url", "open_root", "run_migration", "status"]
+def export(
+    legacy: LegacyRoot,
+    images: list[str],
+    *,
+    oci: str | None = None,
+    docker_archive: str | None = None,
+    compress: str | None = None,
+    jobs: int = 1,
+) -> ExportReport:
+    """Export ``images`` of ``legacy`` to an OCI layout or a docker archive (see migrate.export).
+
+    Reads legacy data only, whether or not the root was migrated in place; writes only the output.
+    """
+    return export_images(
+        legacy,
+        images,
+        oci_layout=oci,
+        docker_archive=docker_archive,
+        compress=compress,
+        jobs=jobs,
+    )
+
+
+__all__ = ["check", "default_url", "export", "open_root", "run_migration", "status"]

@@ -17,6 +17,7 @@ import typer
 
 from migrate import __version__
 from migrate.api import check, open_root, run_migration
+from migrate.api import export as api_export
 from migrate.api import status as api_status
 from migrate.engine import ImageReport, Report
 from migrate.errors import MigrateError
@@ -338,6 +339,67 @@ def verify(
     verdict = "ok" if result.ok else f"{len(result.problems)} problem(s)"
     print(f"verified {result.images} images and {result.layers} layers: {verdict}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.ok else EXIT_SKIPPED)
+
+
+@app.command()
+def export(
+    images: Annotated[
+        list[str], typer.Argument(help="Tags, v1 IDs or image IDs (unambiguous prefixes).")
+    ],
+    root: RootOption = "/var/lib/docker",
+    driver: DriverOption = "auto",
+    oci: Annotated[
+        str | None, typer.Option("--oci", help="Write (or add to) an OCI image layout here.")
+    ] = None,
+    docker_archive: Annotated[
+        str | None,
+        typer.Option("--docker-archive", help="Write a tarball `docker load` reads here."),
+    ] = None,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            "--compress", help="gzip or none [default: gzip for --oci, none for --docker-archive]."
+        ),
+    ] = None,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", help="Layers hashed and gzip threads (0: one per core).")
+    ] = 0,
+    verbose: VerboseOption = 0,
+    quiet: QuietOption = 0,
+    debug: DebugOption = False,
+) -> None:
+    """Export legacy images as an OCI image layout or a docker-archive tarball."""
+    _setup_logging(verbose, quiet)
+    if not verbose:
+        # The plan covers the whole root: its notes on images not exported are noise here.
+        logging.getLogger("migrate.engine").setLevel(logging.ERROR)
+    started = time.monotonic()
+    try:
+        legacy = open_root(root, driver)
+        result = api_export(
+            legacy,
+            images,
+            oci=oci,
+            docker_archive=docker_archive,
+            compress=compress,
+            jobs=jobs or os.cpu_count() or 1,
+        )
+    except MigrateError as exc:
+        _fail(exc, debug)
+    seconds = time.monotonic() - started
+    if not quiet:
+        for image in result.images:
+            names = f" ({', '.join(image.tags)})" if image.tags else ""
+            print(f"exported {image.v1_ids[-1][:12]} -> {image.image_id}{names}", file=sys.stderr)
+        for name, why in result.skipped:
+            print(f"skipped {name}: {why}", file=sys.stderr)
+        print(
+            f"exported {len(result.images)} images, {result.layers_written} layers, "
+            f"{result.bytes_written / 1e6:.1f} MB of layer data in {seconds:.2f} s "
+            f"to {oci or docker_archive}",
+            file=sys.stderr,
+        )
+    raise typer.Exit(EXIT_SKIPPED if result.skipped else EXIT_OK)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 from migrate import archive, tarsplit
 from migrate.confine import ConfinedRoot
 from migrate.digest import DiffID
-from migrate.errors import MigrateError, TarSplitError
+from migrate.errors import LayerContentError, MigrateError, TarSplitError
 from migrate.legacy import LegacyRoot
 
 TAR_SPLIT = "tar-split"
@@ -62,15 +62,38 @@ class _MissingLayer:
         pass
 
 
-def _replay(legacy: LegacyRoot, v1_id: str) -> tarsplit.Assembly:
+def _replay(
+    legacy: LegacyRoot, v1_id: str, tar_split: str, write: tarsplit.Write | None = None
+) -> tarsplit.Assembly:
     files_dir = legacy.layer_files(v1_id)
     files: ConfinedRoot | _MissingLayer
     files = ConfinedRoot(files_dir) if os.path.isdir(files_dir) else _MissingLayer(files_dir)
     try:
-        with open(legacy.tar_data(v1_id), "rb") as stream:
-            return tarsplit.assemble(stream, files)
+        with open(tar_split, "rb") as stream:
+            return tarsplit.assemble(stream, files, write)
     finally:
         files.close()
+
+
+def stream_layer(legacy: LegacyRoot, result: LayerResult, write: tarsplit.Write) -> None:
+    """Pass the exact layer tar ``result`` describes to ``write``, in order, a chunk at a time.
+
+    The tar is replayed from the tar-split stream the layer was hashed with (the recorded one,
+    or the regenerated one), so it is the tar whose digest is ``result.diff_id``.
+
+    Raises:
+        LayerContentError: the layer no longer replays to that tar (its files changed or went
+            missing since it was hashed); what ``write`` received must be thrown away.
+    """
+    try:
+        assembly = _replay(legacy, result.v1_id, result.tar_split_path, write)
+    except (MigrateError, OSError) as exc:
+        raise LayerContentError(f"layer {result.v1_id}: {exc}") from exc
+    if assembly.diff_id != result.diff_id or assembly.length != result.bytes_hashed:
+        raise LayerContentError(
+            f"layer {result.v1_id} changed while exported: it replays to {assembly.diff_id} "
+            f"({assembly.length} bytes), not {result.diff_id} ({result.bytes_hashed} bytes)"
+        )
 
 
 def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
@@ -101,7 +124,7 @@ def hash_layer(job: LayerJob) -> LayerResult:
     legacy = LegacyRoot(job.root, job.driver)
     started = time.monotonic()
     try:
-        assembly = _replay(legacy, job.v1_id)
+        assembly = _replay(legacy, job.v1_id, legacy.tar_data(job.v1_id))
         source, path, note = TAR_SPLIT, legacy.tar_data(job.v1_id), ""
     except FileNotFoundError:
         note = "no tar-split recorded"

@@ -188,10 +188,15 @@ def _fields(planned: PlannedFile) -> tuple[int, str, int]:
 
 
 class DryRunTarget:
-    """Records what a run would write; writes nothing under the root."""
+    """Records what a run would write; writes nothing under the root.
 
-    def __init__(self, root: str) -> None:
+    With ``see_root`` false, files already under the root (from an earlier migration in place)
+    are ignored: the run plans as if the root held legacy data only.
+    """
+
+    def __init__(self, root: str, *, see_root: bool = True) -> None:
         self.root = root
+        self.see_root = see_root
         self.planned: dict[str, PlannedFile] = {}
         self._contents: dict[str, bytes] = {}
         self._dirs: set[str] = set()
@@ -199,8 +204,8 @@ class DryRunTarget:
         self._scratch: str | None = None
 
     def read(self, path: str) -> bytes | None:
-        if path in self._contents:
-            return self._contents[path]
+        if path in self._contents or not self.see_root:
+            return self._contents.get(path)
         try:
             with open(os.path.join(self.root, path), "rb") as fh:
                 return fh.read()
@@ -210,7 +215,7 @@ class DryRunTarget:
     def exists(self, path: str) -> bool:
         if path in self.planned or path in self._dirs:
             return True
-        return os.path.lexists(os.path.join(self.root, path))
+        return self.see_root and os.path.lexists(os.path.join(self.root, path))
 
     def makedirs(self, path: str, mode: int) -> None:
         self._dirs.add(path)

@@ -7,6 +7,7 @@ test ends. None of them is mocked.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -19,20 +20,21 @@ from pathlib import Path
 from tests.conftest import require_tool
 
 
-def _stop(pid: int, timeout: float = 30.0) -> None:
-    """SIGTERM ``pid``, wait for it to go, SIGKILL it if it will not."""
+def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM ``process``, wait for it to go, SIGKILL it if it will not.
+
+    Waiting on the child itself (not polling its PID) reaps it: an exited but unreaped child
+    still answers signals, which made every stop wait for the whole timeout.
+    """
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(process.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -78,5 +80,54 @@ def dockerd(data_root: Path, driver: str = "vfs") -> Iterator[Docker]:
             time.sleep(0.3)
         yield docker
     finally:
-        _stop(process.pid)
-        process.wait(timeout=60)
+        _stop(process)
+
+
+@dataclass(frozen=True)
+class Containerd:
+    """A running containerd and the ``ctr`` command that talks to it."""
+
+    socket: str
+    log: Path
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["ctr", "--address", self.socket, "--namespace", "graph-migrate-test", *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=300,
+        )
+
+
+@contextmanager
+def containerd() -> Iterator[Containerd]:
+    """Start the containerd that comes with docker.io, with its own root, state and socket."""
+    require_tool("containerd", "containerd")
+    require_tool("ctr", "containerd")
+    run_dir = Path(tempfile.mkdtemp(prefix="gmc.", dir="/tmp"))
+    socket = str(run_dir / "c.sock")
+    config = run_dir / "config.toml"
+    config.write_text(
+        "version = 2\n"
+        f'root = "{run_dir / "root"}"\n'
+        f'state = "{run_dir / "state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+    )
+    log = run_dir / "containerd.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            ["containerd", "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    client = Containerd(socket, log)
+    try:
+        deadline = time.monotonic() + 60
+        while client("version", check=False).returncode != 0:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"containerd did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield client
+    finally:
+        _stop(process)
+        shutil.rmtree(run_dir, ignore_errors=True)
