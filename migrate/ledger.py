@@ -504,8 +504,11 @@ def _create_engine(url: str, host: str) -> Engine:
 
 
 def _connect_args(url: str, host: str) -> dict[str, Any]:
-    """libpq defaults for a fleet: name the host in ``pg_stat_activity``, give up connecting
-    after 10 s, and notice a dead peer through keepalives. The URL's own settings win."""
+    """libpq settings for a fleet host, unless the URL sets them itself.
+
+    The host is named in ``pg_stat_activity``, connecting gives up after 10 s, and keepalives
+    notice a server that vanished without closing the connection.
+    """
     if make_url(url).get_backend_name() != "postgresql":
         return {}
     wanted = {

@@ -46,14 +46,14 @@ def server() -> Iterator[Postgres]:
         yield running
 
 
-def _new_ledger(backend: str, request: pytest.FixtureRequest, directory: Path, **opts: str) -> str:
+def _new_ledger(backend: str, request: pytest.FixtureRequest, directory: Path) -> str:
     """A URL of an empty ledger: a fresh database on the server, or a fresh SQLite file."""
     if backend == "sqlite":
         return f"sqlite:///{directory / f'ledger-{uuid.uuid4().hex[:8]}.db'}"
     pg: Postgres = request.getfixturevalue("server")
     name = f"fleet_{uuid.uuid4().hex[:12]}"
     pg.execute(f"CREATE DATABASE {name}")
-    return pg.url(name, **opts)
+    return pg.url(name)
 
 
 def _graph_migrate(*args: str) -> list[str]:
@@ -98,7 +98,6 @@ class HostRun:
 class Fleet:
     url: str
     hosts: dict[str, HostRun]
-    tmp: Path
 
 
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
@@ -107,7 +106,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     tmp = tmp_path_factory.mktemp(f"fleet-{request.param}")
     url = _new_ledger(request.param, request, tmp)
     built = {
-        host_id: build_host(scenario(name), tmp / host_id, driver=driver)  # type: ignore[arg-type]
+        host_id: build_host(scenario(name), tmp / host_id, driver=driver)
         for host_id, (name, driver, _) in FLEET.items()
     }
     started = time.monotonic()
@@ -125,7 +124,7 @@ def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         hosts[host_id] = HostRun(
             host_id, built[host_id], options, process.returncode, report, seconds
         )
-    return Fleet(url, hosts, tmp)
+    return Fleet(url, hosts)
 
 
 def _expected_state(run: HostRun) -> str:
