@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 from migrate.engine import Migration, Progress, Report
 from migrate.export import ExportReport, export_images
-from migrate.ledger import Ledger, RunSummary, default_url
+from migrate.ledger import Ledger, LedgerError, RunSummary, default_url
 from migrate.legacy import LegacyRoot, check_driver, detect_driver
 from migrate.lock import RootLock
+from migrate.resync import ResyncingCache, StoreLayers
 from migrate.store import DryRunTarget, RealTarget
 from migrate.verify import Verification, verify
+
+log = logging.getLogger(__name__)
 
 
 def open_root(root: str, driver: str = "auto") -> LegacyRoot:
@@ -31,17 +35,24 @@ def run_migration(
     ledger: Ledger | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Migrate (or audit) ``legacy``; the run and its units are recorded in ``ledger``."""
+    """Migrate (or audit) ``legacy``; the run and its units are recorded in ``ledger``.
+
+    Layers the ledger does not know but the store holds are recognised there and recorded
+    (:mod:`migrate.resync`). When the ledger fails mid-run (a lost connection), the run stops
+    with that :class:`LedgerError`; the next run of the root resumes from the store.
+    """
     mode = "dry-run" if dry_run else "run"
     target = DryRunTarget(legacy.root) if dry_run else RealTarget(legacy.root)
     with nullcontext() if dry_run else RootLock(legacy.root):
         run_id = ledger.start_run(legacy.root, legacy.driver, mode) if ledger else 0
-        cache = ledger.layer_cache(legacy.root, run_id) if ledger else None
+        cache = None
+        if ledger:
+            cache = ResyncingCache(ledger.layer_cache(legacy.root, run_id), StoreLayers(legacy))
         try:
             report = Migration(legacy, target, jobs=jobs, cache=cache, progress=progress).run()
         except BaseException as exc:
             if ledger:
-                ledger.end_run(run_id, "failed", migrated=0, skipped=0, hashed=0, message=str(exc))
+                _record_failure(ledger, run_id, exc)
             raise
         finally:
             if isinstance(target, DryRunTarget):
@@ -49,6 +60,14 @@ def run_migration(
         if ledger:
             _record(ledger, legacy.root, run_id, report)
     return report
+
+
+def _record_failure(ledger: Ledger, run_id: int, exc: BaseException) -> None:
+    """Mark the run failed if the ledger still answers; else the next run marks it interrupted."""
+    try:
+        ledger.end_run(run_id, "failed", migrated=0, skipped=0, hashed=0, message=str(exc))
+    except LedgerError as lost:
+        log.debug("run %d left running in the ledger: %s", run_id, lost)
 
 
 def _record(ledger: Ledger, root: str, run_id: int, report: Report) -> None:
@@ -90,6 +109,14 @@ def status(legacy: LegacyRoot, ledger: Ledger) -> Status:
     return Status(ledger.runs(legacy.root), len(ids), len(migrated), remaining)
 
 
+def fleet_status(ledger: Ledger, root: str | None = None) -> list[RunSummary]:
+    """The last run of every host (and root) reporting to ``ledger``, by host then root.
+
+    ``root`` keeps only the runs on that path, as each host recorded it.
+    """
+    return ledger.fleet(root)
+
+
 def check(legacy: LegacyRoot, *, content: bool = True) -> Verification:
     """Verify the migrated store of ``legacy``."""
     return verify(legacy, content=content)
@@ -118,4 +145,12 @@ def export(
     )
 
 
-__all__ = ["check", "default_url", "export", "open_root", "run_migration", "status"]
+__all__ = [
+    "check",
+    "default_url",
+    "export",
+    "fleet_status",
+    "open_root",
+    "run_migration",
+    "status",
+]

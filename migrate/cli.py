@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from migrate import __version__
-from migrate.api import check, open_root, run_migration
+from migrate.api import check, fleet_status, open_root, run_migration
 from migrate.api import export as api_export
 from migrate.api import status as api_status
 from migrate.engine import ImageReport, Report
@@ -25,7 +25,7 @@ from migrate.layers import LayerResult
 from migrate.legacy import LegacyRoot
 
 if TYPE_CHECKING:
-    from migrate.ledger import Ledger
+    from migrate.ledger import Ledger, RunSummary
 
 EXIT_OK, EXIT_SKIPPED, EXIT_FATAL = 0, 1, 2
 
@@ -258,18 +258,49 @@ def run(
     raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
 
 
+def _run_json(r: RunSummary) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "host": r.host,
+        "root": r.root,
+        "driver": r.driver,
+        "mode": r.mode,
+        "started_at": r.started_at.isoformat() + "Z",
+        "ended_at": r.ended_at.isoformat() + "Z" if r.ended_at else None,
+        "outcome": r.outcome,
+        "images_migrated": r.images_migrated,
+        "images_skipped": r.images_skipped,
+        "bytes_hashed": r.bytes_hashed,
+        "message": r.message,
+    }
+
+
 @app.command()
 def status(
-    root: RootOption = "/var/lib/docker",
+    root: Annotated[
+        str | None,
+        typer.Option(
+            "--root",
+            help="The legacy Docker root [default: /var/lib/docker]; with --all-hosts, only "
+            "the runs on this path.",
+        ),
+    ] = None,
     driver: DriverOption = "auto",
+    all_hosts: Annotated[
+        bool,
+        typer.Option("--all-hosts", help="Summarise every host in the ledger: its last run."),
+    ] = False,
     ledger: LedgerOption = None,
     host_id: HostOption = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Show the last runs on a root and what remains to migrate."""
+    """Show the last runs on a root and what remains to migrate (or, fleet-wide, every host)."""
+    if all_hosts:
+        _fleet_status(root, ledger, host_id, as_json=as_json, debug=debug)
+        return
     try:
-        legacy = open_root(root, driver)
+        legacy = open_root(root or "/var/lib/docker", driver)
         book = _open_ledger(ledger, host_id)
         try:
             state = api_status(legacy, book)
@@ -277,23 +308,7 @@ def status(
             book.close()
     except MigrateError as exc:
         _fail(exc, debug)
-    runs: list[dict[str, Any]] = [
-        {
-            "id": r.id,
-            "host": r.host,
-            "root": r.root,
-            "driver": r.driver,
-            "mode": r.mode,
-            "started_at": r.started_at.isoformat() + "Z",
-            "ended_at": r.ended_at.isoformat() + "Z" if r.ended_at else None,
-            "outcome": r.outcome,
-            "images_migrated": r.images_migrated,
-            "images_skipped": r.images_skipped,
-            "bytes_hashed": r.bytes_hashed,
-            "message": r.message,
-        }
-        for r in state.runs[-10:]
-    ]
+    runs = [_run_json(r) for r in state.runs[-10:]]
     if as_json:
         document = {
             "root": legacy.root,
@@ -316,6 +331,59 @@ def status(
         f"{legacy.root} ({legacy.driver}): {state.migrated} of {state.legacy_images} legacy "
         f"images migrated, {len(state.remaining)} remaining"
     )
+
+
+def _fleet_status(
+    root: str | None, ledger: str | None, host_id: str | None, *, as_json: bool, debug: bool
+) -> None:
+    """``status --all-hosts``: one line (or JSON object) per host and root, from its last run."""
+    try:
+        book = _open_ledger(ledger, host_id)
+        try:
+            last_runs = fleet_status(book, os.path.abspath(root) if root else None)
+        finally:
+            book.close()
+    except MigrateError as exc:
+        _fail(exc, debug)
+    counts: dict[str, int] = {}
+    for r in last_runs:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    if as_json:
+        hosts = [
+            {**_run_json(r), "state": r.state, "seconds": _seconds(r.seconds)} for r in last_runs
+        ]
+        json.dump({"hosts": hosts, "states": counts}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    _print_fleet(last_runs, counts)
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _print_fleet(last_runs: list[RunSummary], counts: dict[str, int]) -> None:
+    header = ("HOST", "ROOT", "DRIVER", "LAST RUN", "MODE", "OUTCOME", "STATE", "MIGRATED",
+              "SKIPPED", "HASHED", "DURATION")  # fmt: skip
+    rows = [header]
+    for r in last_runs:
+        duration = "-" if r.seconds is None else f"{r.seconds:.1f} s"
+        rows.append((
+            r.host, r.root, r.driver, r.started_at.strftime("%Y-%m-%dT%H:%M:%SZ"), r.mode,
+            r.outcome, r.state, str(r.images_migrated), str(r.images_skipped),
+            f"{r.bytes_hashed / 1e6:.1f} MB", duration,
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    for r in last_runs:
+        if r.message and r.state not in ("migrated", "audited"):
+            print(f"{r.host} {r.root}: {r.message}")
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    hosts = len({r.host for r in last_runs})
+    print(f"{hosts} hosts, {len(last_runs)} roots: {summary or 'no runs recorded'}")
 
 
 @app.command()

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Protocol
@@ -227,19 +228,22 @@ class Migration:
             else:
                 pending.append(job)
         pending.sort(key=lambda job: self.legacy.layer_size_hint(job.v1_id), reverse=True)
-        for job, outcome in self._execute(pending):
-            if isinstance(outcome, LayerResult):
-                self._layer_hashed(job, outcome, fresh=True)
-            else:
-                log.warning("could not hash layer %s: %s", job.v1_id, outcome)
-                self.report.problems.append(f"layer {job.v1_id}: {outcome}")
-                self._layer_errors[job.v1_id] = str(outcome)
+        # Closed explicitly: when recording a result fails (the ledger went away), the layers
+        # not started yet are cancelled now rather than hashed for nothing.
+        with closing(self._execute(pending)) as outcomes:
+            for job, outcome in outcomes:
+                if isinstance(outcome, LayerResult):
+                    self._layer_hashed(job, outcome, fresh=True)
+                else:
+                    log.warning("could not hash layer %s: %s", job.v1_id, outcome)
+                    self.report.problems.append(f"layer {job.v1_id}: {outcome}")
+                    self._layer_errors[job.v1_id] = str(outcome)
 
     _layer_errors: dict[str, str]
 
     def _execute(
         self, jobs: list[LayerJob]
-    ) -> Iterable[tuple[LayerJob, LayerResult | MigrateError]]:
+    ) -> Generator[tuple[LayerJob, LayerResult | MigrateError]]:
         self._layer_errors = {}
         if self.jobs == 1 or len(jobs) <= 1:
             for job in jobs:
@@ -249,8 +253,12 @@ class Migration:
             futures: dict[Future[LayerResult | MigrateError], LayerJob] = {
                 pool.submit(_hash_or_error, job): job for job in jobs
             }
-            for future in as_completed(futures):
-                yield futures[future], future.result()
+            try:
+                for future in as_completed(futures):
+                    yield futures[future], future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
 
     def _layer_hashed(self, job: LayerJob, result: LayerResult, *, fresh: bool) -> None:
         self._layers[job.v1_id] = result

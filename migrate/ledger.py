@@ -1,19 +1,28 @@
 """The ledger: a SQLAlchemy record of every run and every unit of work, per host and root.
 
 SQLite by default (``$XDG_STATE_HOME/graph-migrate/ledger.db``); any SQLAlchemy URL works, and a
-shared PostgreSQL ledger lets a fleet report to one place. The ledger is a record and a cache,
-never the truth: the migrated store on the host is. A unit is recorded only once its files are
-durably in place, so after a crash the ledger may lag the store but never lead it.
+shared PostgreSQL ledger (``postgresql+psycopg://``) lets a fleet report to one place. The ledger
+is a record and a cache, never the truth: the migrated store on the host is. A unit is recorded
+only once its files are durably in place, so after a crash the ledger may lag the store but never
+lead it.
+
+Concurrency: every row is keyed by host and root, and one run at a time holds a root (its
+:class:`~migrate.lock.RootLock`), so hosts sharing a ledger never write the same rows. Every
+transaction is short and writes with ``INSERT ... ON CONFLICT DO UPDATE``, which takes row locks
+only: on PostgreSQL hosts never wait for each other. SQLite serialises writers on its file lock
+(``BEGIN IMMEDIATE``, waiting up to 30 s), which is enough for the hosts of one machine.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -21,14 +30,20 @@ from sqlalchemy import (
     Float,
     Integer,
     String,
+    Table,
     Text,
     create_engine,
+    delete,
+    event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from migrate.digest import DiffID
@@ -37,6 +52,11 @@ from migrate.faults import checkpoint
 from migrate.layers import LayerJob, LayerResult
 
 SCHEMA_VERSION = 1
+
+# The PostgreSQL advisory lock every host takes to create or upgrade the schema ("gmledger").
+SCHEMA_LOCK = int.from_bytes(b"gmledger", "big")
+
+log = logging.getLogger(__name__)
 
 
 class LedgerError(MigrateError):
@@ -124,8 +144,12 @@ class ContainerRow(Base):
     run_id: Mapped[int] = mapped_column(Integer)
 
 
-# Each step upgrades the schema from version N-1 to N; step 1 creates it.
-_UPGRADES: Sequence[str] = ("create",)
+def _create_schema(connection: Connection) -> None:
+    Base.metadata.create_all(connection, checkfirst=True)
+
+
+# Each step upgrades the schema from version N-1 to N, inside the locked upgrade transaction.
+_UPGRADES: Sequence[Callable[[Connection], None]] = (_create_schema,)
 
 
 def fingerprint(job: LayerJob) -> str:
@@ -155,6 +179,26 @@ class RunSummary:
     bytes_hashed: int
     message: str
 
+    @property
+    def seconds(self) -> float | None:
+        """How long the run took, or None while it has not ended."""
+        if self.ended_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
+
+    @property
+    def state(self) -> str:
+        """Where this run leaves its root, in fleet terms.
+
+        ``migrated`` (every image), ``partial`` (some images skipped), ``audited`` (a dry run
+        finished), ``running``, ``failed`` or ``interrupted`` (its process or connection died).
+        """
+        if self.outcome not in ("ok", "skipped"):
+            return self.outcome
+        if self.mode == "dry-run":
+            return "audited"
+        return "migrated" if self.outcome == "ok" else "partial"
+
 
 def _summary(row: RunRow) -> RunSummary:
     return RunSummary(
@@ -177,43 +221,59 @@ class Ledger:
     """A ledger database, opened for one host."""
 
     def __init__(self, url: str, host: str | None = None) -> None:
-        self.url = url
+        self.url = _normalise_url(url)
         self.host = host or default_host_id()
         try:
-            self.engine = _create_engine(url)
+            self.engine = _create_engine(self.url, self.host)
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             self._upgrade()
         except OSError as exc:
             raise LedgerError(f"ledger {_safe_url(url)}: {exc.strerror}: {exc.filename}") from exc
+        except ImportError as exc:
+            raise LedgerError(
+                f"ledger {_safe_url(url)}: its database driver is missing ({exc.name}); "
+                "for PostgreSQL install graph-migrate[postgres]"
+            ) from exc
         except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger {_safe_url(url)}: {_first_line(exc)}") from exc
+            raise _ledger_error(url, exc) from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A transaction; database failures surface as LedgerError."""
+        """A transaction; database failures (a lost connection too) surface as LedgerError."""
         try:
             with self._sessions.begin() as session:
                 yield session
                 checkpoint("ledger-commit")
         except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger {_safe_url(self.url)}: {_first_line(exc)}") from exc
+            raise _ledger_error(self.url, exc) from exc
 
     def _upgrade(self) -> None:
-        """Create or upgrade the schema; safe when many hosts start at once."""
-        Base.metadata.create_all(self.engine, checkfirst=True)
-        with self._sessions.begin() as session:
-            current = session.scalar(select(func.max(SchemaVersion.version))) or 0
+        """Create or upgrade the schema; safe when many hosts start at once.
+
+        A ledger already at this version is only read. Otherwise the upgrade runs in one
+        transaction under a lock every host takes first (a PostgreSQL advisory lock; SQLite's
+        write lock), and re-reads the version once it holds it, so exactly one host applies
+        each step and the others find the work done.
+        """
+        with self.engine.connect() as connection:
+            current = _schema_version(connection)
+        if current == SCHEMA_VERSION:
+            return
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            current = _schema_version(connection)
             if current > SCHEMA_VERSION:
                 raise LedgerError(
                     f"ledger {_safe_url(self.url)} has schema version {current}, newer than "
                     f"this graph-migrate ({SCHEMA_VERSION}); upgrade graph-migrate"
                 )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            try:
-                with self._sessions.begin() as session:
-                    session.add(SchemaVersion(version=version))
-            except IntegrityError:
-                pass  # another host recorded this step at the same moment
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                _UPGRADES[version - 1](connection)
+                connection.execute(
+                    cast(Table, SchemaVersion.__table__).insert().values(version=version)
+                )
+                log.info("upgraded ledger %s to schema version %d", _safe_url(self.url), version)
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -261,6 +321,15 @@ class Ledger:
                 )
             )
 
+    def fleet(self, root: str | None = None) -> list[RunSummary]:
+        """The last run of every host and root in the ledger (of ``root`` only, when given)."""
+        last = select(func.max(RunRow.id)).group_by(RunRow.host, RunRow.root)
+        if root is not None:
+            last = last.where(RunRow.root == root)
+        query = select(RunRow).where(RunRow.id.in_(last)).order_by(RunRow.host, RunRow.root)
+        with self.session() as session:
+            return [_summary(row) for row in session.scalars(query)]
+
     def runs(self, root: str | None = None, *, all_hosts: bool = False) -> list[RunSummary]:
         with self.session() as session:
             query = select(RunRow).order_by(RunRow.id)
@@ -278,37 +347,49 @@ class Ledger:
     def record_images(
         self, root: str, run_id: int, images: Sequence[tuple[str, str | None, str, str, str]]
     ) -> None:
-        """Record (v1 ID, image ID, state, reason, tags) for each image of a run."""
+        """Make the root's image rows exactly (v1 ID, image ID, state, reason, tags) of a run.
+
+        Rows of images no longer in the legacy root are deleted, so the ledger follows the
+        root even after runs it missed.
+        """
+        rows = [
+            {"v1_id": v1_id, "image_id": image_id, "state": state, "reason": reason, "tags": tags}
+            for v1_id, image_id, state, reason, tags in sorted(images)
+        ]
         with self.session() as session:
-            for v1_id, image_id, state, reason, tags in images:
-                session.merge(
-                    ImageRow(
-                        host=self.host,
-                        root=root,
-                        v1_id=v1_id,
-                        image_id=image_id,
-                        state=state,
-                        reason=reason,
-                        tags=tags,
-                        run_id=run_id,
-                    )
-                )
+            self._replace(session, ImageRow, "v1_id", root, run_id, rows)
 
     def record_containers(
         self, root: str, run_id: int, containers: Sequence[tuple[str, str, str]]
     ) -> None:
+        """Make the root's container rows exactly (container ID, state, reason) of a run."""
+        rows = [
+            {"container_id": container_id, "state": state, "reason": reason}
+            for container_id, state, reason in sorted(containers)
+        ]
         with self.session() as session:
-            for container_id, state, reason in containers:
-                session.merge(
-                    ContainerRow(
-                        host=self.host,
-                        root=root,
-                        container_id=container_id,
-                        state=state,
-                        reason=reason,
-                        run_id=run_id,
-                    )
-                )
+            self._replace(session, ContainerRow, "container_id", root, run_id, rows)
+
+    def _replace(
+        self,
+        session: Session,
+        model: type[Base],
+        key: str,
+        root: str,
+        run_id: int,
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Upsert ``rows`` of this host and root, and delete its other rows of ``model``."""
+        table = cast(Table, model.__table__)
+        keep = [row[key] for row in rows]
+        stale = delete(table).where(table.c.host == self.host, table.c.root == root)
+        session.execute(stale.where(table.c[key].not_in(keep)) if keep else stale)
+        if rows:
+            _upsert(
+                session,
+                table,
+                [{**row, "host": self.host, "root": root, "run_id": run_id} for row in rows],
+            )
 
     def images(self, root: str) -> dict[str, tuple[str | None, str, str]]:
         """v1 ID -> (image ID, state, reason) as last recorded for ``root``."""
@@ -355,33 +436,101 @@ class LedgerLayerCache:
             )
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
+        row = {
+            "host": self.ledger.host,
+            "root": self.root,
+            "v1_id": job.v1_id,
+            "fingerprint": fingerprint(job),
+            "diff_id": str(result.diff_id),
+            "size": result.size,
+            "source": result.source,
+            "tar_split_path": result.tar_split_path,
+            "bytes_hashed": result.bytes_hashed,
+            "seconds": result.seconds,
+            "note": result.note,
+            "run_id": self.run_id,
+            "updated_at": _now(),
+        }
         with self.ledger.session() as session:
-            session.merge(
-                LayerRow(
-                    host=self.ledger.host,
-                    root=self.root,
-                    v1_id=job.v1_id,
-                    fingerprint=fingerprint(job),
-                    diff_id=str(result.diff_id),
-                    size=result.size,
-                    source=result.source,
-                    tar_split_path=result.tar_split_path,
-                    bytes_hashed=result.bytes_hashed,
-                    seconds=result.seconds,
-                    note=result.note,
-                    run_id=self.run_id,
-                    updated_at=_now(),
-                )
+            _upsert(session, cast(Table, LayerRow.__table__), [row])
+
+
+def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, or update those whose primary key exists, in one statement.
+
+    ``INSERT ... ON CONFLICT DO UPDATE`` is atomic where a read-then-write merge races: two
+    writers of one key never fail on the unique index, and nothing wider than the row is locked.
+    """
+    keys = [column.name for column in table.primary_key.columns]
+    dialect = session.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        for row in rows:
+            found = session.execute(
+                update(table).where(*(table.c[k] == row[k] for k in keys)).values(row)
             )
+            if not cast(Any, found).rowcount:
+                session.execute(table.insert().values(row))
+        return
+    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    changed = {name: insert.excluded[name] for name in rows[0] if name not in keys}
+    session.execute(insert.on_conflict_do_update(index_elements=keys, set_=changed), rows)
 
 
-def _create_engine(url: str) -> Engine:
+def _schema_version(connection: Connection) -> int:
+    if not inspect(connection).has_table(SchemaVersion.__tablename__):
+        return 0
+    return connection.scalar(select(func.max(SchemaVersion.version))) or 0
+
+
+def _normalise_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean psycopg 3, the driver graph-migrate ships for."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
+
+
+def _create_engine(url: str, host: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return create_engine(url, connect_args={"timeout": 30})
-    return create_engine(url, pool_pre_ping=True)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    return create_engine(url, pool_pre_ping=True, connect_args=_connect_args(url, host))
+
+
+def _connect_args(url: str, host: str) -> dict[str, Any]:
+    """libpq settings for a fleet host, unless the URL sets them itself.
+
+    The host is named in ``pg_stat_activity``, connecting gives up after 10 s, and keepalives
+    notice a server that vanished without closing the connection.
+    """
+    if make_url(url).get_backend_name() != "postgresql":
+        return {}
+    wanted = {
+        "application_name": f"graph-migrate {host}"[:63],
+        "connect_timeout": 10,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    given: Mapping[str, object] = make_url(url).query
+    return {name: value for name, value in wanted.items() if name not in given}
+
+
+def _sqlite_connect(dbapi_connection: Any, record: object) -> None:
+    # Let SQLAlchemy's "begin" event open transactions instead of pysqlite's implicit BEGIN.
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Take the write lock up front: a deferred transaction that reads, then writes, can fail
+    # at once with "database is locked" instead of waiting its turn.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _safe_url(url: str) -> str:
@@ -395,3 +544,11 @@ def _safe_url(url: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _ledger_error(url: str, exc: SQLAlchemyError) -> LedgerError:
+    """One line naming the ledger and the database's own words (no SQL, no traceback)."""
+    cause = _first_line(exc.orig or exc) if isinstance(exc, DBAPIError) else _first_line(exc)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return LedgerError(f"ledger {_safe_url(url)}: connection lost: {cause}")
+    return LedgerError(f"ledger {_safe_url(url)}: {cause}")

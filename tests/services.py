@@ -7,6 +7,7 @@ test ends. None of them is mocked.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -131,3 +132,100 @@ def containerd() -> Iterator[Containerd]:
     finally:
         _stop(process)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@dataclass
+class Postgres:
+    """A running PostgreSQL server of a throwaway cluster, on a unix socket directory only."""
+
+    bin_dir: Path
+    data_dir: Path
+    socket_dir: Path
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str = "postgres", **options: str) -> str:
+        """A ``--ledger`` URL for ``database``; extra libpq ``options`` go in the query."""
+        query = "".join(f"&{key}={value}" for key, value in options.items())
+        return f"postgresql+psycopg://gm@/{database}?host={self.socket_dir}{query}"
+
+    def execute(self, sql: str, database: str = "postgres") -> list[tuple[object, ...]]:
+        """Run one statement in autocommit mode; its rows, if it returns any."""
+        import psycopg
+
+        with psycopg.connect(
+            host=str(self.socket_dir), user="gm", dbname=database, autocommit=True
+        ) as connection:
+            cursor = connection.execute(sql.encode())
+            return cursor.fetchall() if cursor.description else []
+
+    def start(self) -> None:
+        """Start the server (again) on the same data directory; return once it accepts."""
+        command = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir)]
+        command += ["-k", str(self.socket_dir), "-c", "listen_addresses=", "-F"]
+        with open(self.log, "ab") as log_file:
+            self.process = subprocess.Popen(
+                _as_postgres(command), stdout=log_file, stderr=subprocess.STDOUT
+            )
+        ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", str(self.socket_dir)]
+        deadline = time.monotonic() + 60
+        while subprocess.run(ready, check=False).returncode != 0:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def crash(self) -> None:
+        """Kill the server as a crash would: immediate shutdown, no checkpoint."""
+        self._signal(signal.SIGQUIT)
+
+    def stop(self) -> None:
+        """Fast shutdown: disconnect every client, then stop."""
+        self._signal(signal.SIGINT)
+
+    def _signal(self, signum: int) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _as_postgres(command: list[str]) -> list[str]:
+    """``command`` run as the ``postgres`` user when we are root (the server refuses root).
+
+    setpriv execs the command, so the PID of the child is the server's own.
+    """
+    if os.geteuid() != 0:
+        return command
+    return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *command]
+
+
+def _postgres_bin() -> Path:
+    """The newest Debian PostgreSQL ``bin`` directory, else the one holding ``initdb`` on PATH."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: p.parts[-3])
+    initdb = str(found[-1]) if found else "initdb"
+    return Path(require_tool(initdb, "postgresql")).resolve().parent
+
+
+@contextmanager
+def postgresql() -> Iterator[Postgres]:
+    """A throwaway cluster (superuser ``gm``, trust auth) made by initdb, stopped by PID."""
+    bin_dir = _postgres_bin()
+    # Socket paths are limited to 108 bytes: the directory plus "/.s.PGSQL.5432".
+    base = Path(tempfile.mkdtemp(prefix="gmpg.", dir="/tmp"))
+    if os.geteuid() == 0:
+        os.chown(base, pwd.getpwnam("postgres").pw_uid, -1)
+    server = Postgres(bin_dir, base / "data", base, base / "postgres.log")
+    initdb = [str(bin_dir / "initdb"), "-D", str(server.data_dir), "-U", "gm", "-A", "trust"]
+    initdb += ["-E", "UTF8", "--no-sync", "--no-instructions"]
+    try:
+        subprocess.run(_as_postgres(initdb), check=True, capture_output=True, timeout=120)
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
