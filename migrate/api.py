@@ -35,7 +35,9 @@ def run_migration(
     target = DryRunTarget(legacy.root) if dry_run else RealTarget(legacy.root)
     with nullcontext() if dry_run else RootLock(legacy.root):
         run_id = ledger.start_run(legacy.root, legacy.driver, mode) if ledger else 0
-        cache = ledger.layer_cache(legacy.root, run_id) if ledger else None
+        # A dry run reads what real runs recorded but records nothing: none of its units is
+        # in place.
+        cache = ledger.layer_cache(legacy.root, run_id, record=not dry_run) if ledger else None
         try:
             report = Migration(legacy, target, jobs=jobs, cache=cache, progress=progress).run()
         except BaseException as exc:
@@ -56,9 +58,11 @@ def _record(ledger: Ledger, root: str, run_id: int, report: Report) -> None:
         for i in report.images.values()
     ]
     containers = [(c.container_id, c.status, c.reason) for c in report.containers]
+    tags = [(ref, str(i.image_id)) for i in report.images.values() if i.image_id for ref in i.tags]
     if not report.dry_run:
         ledger.record_images(root, run_id, images)
         ledger.record_containers(root, run_id, containers)
+        ledger.record_tags(root, run_id, tags)
     skipped = len(report.skipped)
     ledger.end_run(
         run_id,

@@ -14,9 +14,11 @@ import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -24,19 +26,26 @@ from sqlalchemy import (
     Text,
     create_engine,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from migrate.digest import DiffID
+from migrate.digest import ChainID, DiffID
 from migrate.errors import MigrateError
 from migrate.faults import checkpoint
 from migrate.layers import LayerJob, LayerResult
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from migrate.engine import ImageReport
+
+SCHEMA_VERSION = 2
+
+HASHED, REGISTERED = "hashed", "registered"
 
 
 class LedgerError(MigrateError):
@@ -100,6 +109,10 @@ class LayerRow(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    # Schema version 2:
+    state: Mapped[str] = mapped_column(String(16), default=HASHED)  # HASHED or REGISTERED
+    chain_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    integrity_failed: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ImageRow(Base):
@@ -124,8 +137,26 @@ class ContainerRow(Base):
     run_id: Mapped[int] = mapped_column(Integer)
 
 
-# Each step upgrades the schema from version N-1 to N; step 1 creates it.
-_UPGRADES: Sequence[str] = ("create",)
+class TagRow(Base):
+    """A reference written to ``repositories.json`` (schema version 2)."""
+
+    __tablename__ = "tags"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    root: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    reference: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(Integer)
+
+
+# _UPGRADES[n - 2] upgrades a version n-1 schema to version n; a new ledger is created whole.
+# Tables a step adds come from the models (create_all); the statements alter existing ones.
+_UPGRADES: Sequence[Sequence[str]] = (
+    (
+        "ALTER TABLE layers ADD COLUMN state VARCHAR(16) NOT NULL DEFAULT 'hashed'",
+        "ALTER TABLE layers ADD COLUMN chain_id VARCHAR(80)",
+        "ALTER TABLE layers ADD COLUMN integrity_failed BOOLEAN NOT NULL DEFAULT false",
+    ),
+)
 
 
 def fingerprint(job: LayerJob) -> str:
@@ -200,20 +231,39 @@ class Ledger:
 
     def _upgrade(self) -> None:
         """Create or upgrade the schema; safe when many hosts start at once."""
+        fresh = not inspect(self.engine).has_table(SchemaVersion.__tablename__)
         Base.metadata.create_all(self.engine, checkfirst=True)
-        with self._sessions.begin() as session:
-            current = session.scalar(select(func.max(SchemaVersion.version))) or 0
-            if current > SCHEMA_VERSION:
-                raise LedgerError(
-                    f"ledger {_safe_url(self.url)} has schema version {current}, newer than "
-                    f"this graph-migrate ({SCHEMA_VERSION}); upgrade graph-migrate"
-                )
+        current = self._version()
+        if current > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {_safe_url(self.url)} has schema version {current}, newer than "
+                f"this graph-migrate ({SCHEMA_VERSION}); upgrade graph-migrate"
+            )
+        if fresh or current == 0:
+            self._stamp(SCHEMA_VERSION)
+            return
         for version in range(current + 1, SCHEMA_VERSION + 1):
             try:
                 with self._sessions.begin() as session:
+                    for statement in _UPGRADES[version - 2]:
+                        session.execute(text(statement))
                     session.add(SchemaVersion(version=version))
-            except IntegrityError:
-                pass  # another host recorded this step at the same moment
+            except SQLAlchemyError:
+                if self._version() < version:
+                    raise
+                # another host upgraded the ledger at the same moment
+
+    def _version(self) -> int:
+        with self._sessions.begin() as session:
+            return session.scalar(select(func.max(SchemaVersion.version))) or 0
+
+    def _stamp(self, version: int) -> None:
+        """Record that the schema, created whole, is at ``version``."""
+        try:
+            with self._sessions.begin() as session:
+                session.add(SchemaVersion(version=version))
+        except IntegrityError:
+            pass  # another host created the ledger at the same moment
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -272,8 +322,9 @@ class Ledger:
 
     # -- units ------------------------------------------------------------------------------
 
-    def layer_cache(self, root: str, run_id: int) -> LedgerLayerCache:
-        return LedgerLayerCache(self, root, run_id)
+    def layer_cache(self, root: str, run_id: int, *, record: bool = True) -> LedgerLayerCache:
+        """The engine's view of this root's units; ``record=False`` only reads (dry runs)."""
+        return LedgerLayerCache(self, root, run_id, record=record)
 
     def record_images(
         self, root: str, run_id: int, images: Sequence[tuple[str, str | None, str, str, str]]
@@ -310,6 +361,46 @@ class Ledger:
                     )
                 )
 
+    def record_tags(self, root: str, run_id: int, tags: Sequence[tuple[str, str]]) -> None:
+        """Record (reference, image ID) for each reference in ``repositories.json``."""
+        with self.session() as session:
+            for reference, image_id in tags:
+                session.merge(
+                    TagRow(
+                        host=self.host,
+                        root=root,
+                        reference=reference,
+                        image_id=image_id,
+                        run_id=run_id,
+                    )
+                )
+
+    def tags(self, root: str) -> dict[str, str]:
+        """Reference -> image ID as last recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(TagRow).where(TagRow.host == self.host, TagRow.root == root)
+            )
+            return {row.reference: row.image_id for row in rows}
+
+    def containers(self, root: str) -> dict[str, tuple[str, str]]:
+        """Container ID -> (state, reason) as last recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(ContainerRow).where(
+                    ContainerRow.host == self.host, ContainerRow.root == root
+                )
+            )
+            return {row.container_id: (row.state, row.reason) for row in rows}
+
+    def layers(self, root: str) -> dict[str, tuple[str, str | None]]:
+        """v1 ID -> (state, chain ID) of every layer recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(LayerRow).where(LayerRow.host == self.host, LayerRow.root == root)
+            )
+            return {row.v1_id: (row.state, row.chain_id) for row in rows}
+
     def images(self, root: str) -> dict[str, tuple[str | None, str, str]]:
         """v1 ID -> (image ID, state, reason) as last recorded for ``root``."""
         with self.session() as session:
@@ -331,10 +422,11 @@ class Ledger:
 class LedgerLayerCache:
     """The engine's layer cache, backed by the ledger's layers table."""
 
-    def __init__(self, ledger: Ledger, root: str, run_id: int) -> None:
+    def __init__(self, ledger: Ledger, root: str, run_id: int, *, record: bool = True) -> None:
         self.ledger = ledger
         self.root = root
         self.run_id = run_id
+        self.record = record
 
     def cached_layer(self, job: LayerJob) -> LayerResult | None:
         with self.ledger.session() as session:
@@ -352,9 +444,12 @@ class LedgerLayerCache:
                 row.bytes_hashed,
                 row.seconds,
                 row.note,
+                bool(row.integrity_failed),
             )
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
+        if not self.record:
+            return
         with self.ledger.session() as session:
             session.merge(
                 LayerRow(
@@ -371,8 +466,38 @@ class LedgerLayerCache:
                     note=result.note,
                     run_id=self.run_id,
                     updated_at=_now(),
+                    state=HASHED,
+                    chain_id=None,
+                    integrity_failed=result.integrity_failed,
                 )
             )
+
+    def layer_registered(self, v1_id: str, chain: ChainID, tar_split_path: str) -> None:
+        """Mark the layer registered; later runs replay its tar-split from the layerdb copy."""
+        if not self.record:
+            return
+        with self.ledger.session() as session:
+            session.execute(
+                update(LayerRow)
+                .where(LayerRow.host == self.ledger.host, LayerRow.root == self.root)
+                .where(LayerRow.v1_id == v1_id)
+                .values(
+                    state=REGISTERED,
+                    chain_id=str(chain),
+                    tar_split_path=tar_split_path,
+                    updated_at=_now(),
+                )
+            )
+
+    def image_done(self, report: ImageReport) -> None:
+        if not self.record:
+            return
+        image_id = str(report.image_id) if report.image_id else None
+        self.ledger.record_images(
+            self.root,
+            self.run_id,
+            [(report.v1_id, image_id, report.status, report.reason, " ".join(report.tags))],
+        )
 
 
 def _create_engine(url: str) -> Engine:
