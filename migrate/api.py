@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from migrate.engine import Migration, Progress, Report
 from migrate.ledger import Ledger, RunSummary, default_url
 from migrate.legacy import LegacyRoot, check_driver, detect_driver
-from migrate.lock import RootLock
+from migrate.lock import RootLock, is_held
 from migrate.store import DryRunTarget, RealTarget
 from migrate.verify import Verification, verify
 
@@ -90,7 +90,16 @@ def status(legacy: LegacyRoot, ledger: Ledger) -> Status:
     recorded = ledger.images(legacy.root)
     migrated = [v1 for v1 in ids if recorded.get(v1, (None, "", ""))[1] == "migrated"]
     remaining = [v1 for v1 in ids if v1 not in set(migrated)]
-    return Status(ledger.runs(legacy.root), len(ids), len(migrated), remaining)
+    runs = ledger.runs(legacy.root)
+    if not is_held(legacy.root):
+        # A run still "running" with nobody holding the lock was killed before it could say so.
+        runs = [
+            replace(run, outcome="interrupted")
+            if run.outcome == "running" and run.mode == "run"
+            else run
+            for run in runs
+        ]
+    return Status(runs, len(ids), len(migrated), remaining)
 
 
 def check(legacy: LegacyRoot, *, content: bool = True) -> Verification:
