@@ -189,7 +189,7 @@ class Migration:
                 f"containers/{container_id}", bases=("config.v2.json",)
             )
         for path in removed:
-            log.info("removed %s left by an interrupted run", path)
+            log.info("removed the leftover of an interrupted run %s", path)
 
     def _create_dirs(self) -> None:
         for path in ("image", self.image_root):
@@ -549,8 +549,10 @@ def _die_with_parent(parent: int) -> None:
     A worker outlives a run killed with SIGKILL otherwise, blocked for ever on its queue and
     still holding the root's lock it inherited, so the resumed run would be refused.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:
+        return  # not Linux: Docker roots to migrate live on Linux hosts
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the run died before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -93,10 +93,19 @@ def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
             os.fsync(out.fileno())
         checkpoint("layer-regenerated")
         os.rename(tmp, job.regenerated_path)
+        _fsync_dir(os.path.dirname(job.regenerated_path))  # the ledger records it next
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return assembly
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def hash_layer(job: LayerJob) -> LayerResult:

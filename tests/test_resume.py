@@ -299,3 +299,26 @@ def test_a_second_run_exits_2_naming_the_holder_and_a_killed_holders_lock_is_tak
     assert taken_over.returncode == reference.returncode, taken_over.stderr
     assert not (root / LOCK).exists()
     assert differences(store_snapshot(root), reference.store) == []
+
+
+def test_images_added_to_the_legacy_root_after_a_run_are_picked_up_by_the_next(
+    tmp_path: Path, reference: Reference
+) -> None:
+    root, ledger, aside = tmp_path / "root", tmp_path / "ledger.db", tmp_path / "aside"
+    host = build(root, SCENARIO)
+    aside.mkdir()
+    later = [host.ids["damaged"], host.ids["damaged-child"]]
+    for v1_id in later:
+        (root / "graph" / v1_id).rename(aside / v1_id)
+
+    first = graph_migrate(*run_args(root, ledger, "--json"))
+    assert first.returncode == 0, first.stderr
+    assert first.json()["totals"]["migrated"] == 6
+    assert [t["name"] for t in first.json()["dropped_tags"]] == ["damaged"]
+
+    for v1_id in later:
+        (aside / v1_id).rename(root / "graph" / v1_id)
+    second = graph_migrate(*run_args(root, ledger, "--json"))
+    assert second.returncode == 0, second.stderr
+    assert second.json()["totals"]["migrated"] == 8
+    assert differences(store_snapshot(root), reference.store) == []
