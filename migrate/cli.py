@@ -213,6 +213,12 @@ class _Bars:
     def layer_hashed(self, result: LayerResult) -> None:
         self.hashed.update(result.size)
 
+    def layer_cached(self, result: LayerResult) -> None:
+        """Take a layer an earlier run hashed out of what is left to hash."""
+        if self.hashed.total:
+            self.hashed.total = max(self.hashed.n, self.hashed.total - result.size)
+            self.hashed.refresh()
+
     def image_done(self, report: ImageReport) -> None:
         self.images.update(1)
 

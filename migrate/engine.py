@@ -128,11 +128,15 @@ class _Migrated:
 
 class Progress(Protocol):
     def layer_hashed(self, result: LayerResult) -> None: ...
+    def layer_cached(self, result: LayerResult) -> None: ...  # known already: not hashed again
     def image_done(self, report: ImageReport) -> None: ...
 
 
 class NoProgress:
     def layer_hashed(self, result: LayerResult) -> None:
+        pass
+
+    def layer_cached(self, result: LayerResult) -> None:
         pass
 
     def image_done(self, report: ImageReport) -> None:
@@ -257,6 +261,7 @@ class Migration:
             cached = self.cache.cached_layer(job)
             if cached is not None:
                 self._layer_hashed(job, cached, fresh=False)
+                self.progress.layer_cached(cached)
             else:
                 pending.append(job)
         pending.sort(key=lambda job: self.legacy.layer_size_hint(job.v1_id), reverse=True)
