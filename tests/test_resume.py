@@ -233,7 +233,7 @@ def _configs(root: Path) -> int:
 
 # When to kill: each waits for a sign of progress, then for a share of a whole run's duration.
 KILL_MOMENTS = (
-    ("hashing in parallel", lambda root, pid: bool(_children(pid)), 0.1),
+    ("hashing in parallel", lambda root, pid: len(_children(pid)) == 2, 0.0),
     ("just after taking the lock", lambda root, pid: True, 0.0),
     ("at a timed moment", lambda root, pid: True, 0.4),
     ("while creating images", lambda root, pid: _configs(root) >= 3, 0.0),
