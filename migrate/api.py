@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from migrate.engine import Migration, Progress, Report
 from migrate.export import ExportReport, export_images
 from migrate.ledger import Ledger, LedgerError, RunSummary, default_url
 from migrate.legacy import LegacyRoot, check_driver, detect_driver
-from migrate.lock import RootLock
+from migrate.lock import RootLock, is_held
 from migrate.resync import ResyncingCache, StoreLayers
 from migrate.store import DryRunTarget, RealTarget
 from migrate.verify import Verification, verify
@@ -45,9 +45,12 @@ def run_migration(
     target = DryRunTarget(legacy.root) if dry_run else RealTarget(legacy.root)
     with nullcontext() if dry_run else RootLock(legacy.root):
         run_id = ledger.start_run(legacy.root, legacy.driver, mode) if ledger else 0
+        # A dry run reads what real runs recorded but records nothing: none of its units is
+        # in place.
         cache = None
         if ledger:
-            cache = ResyncingCache(ledger.layer_cache(legacy.root, run_id), StoreLayers(legacy))
+            recorded = ledger.layer_cache(legacy.root, run_id, record=not dry_run)
+            cache = ResyncingCache(recorded, StoreLayers(legacy))
         try:
             report = Migration(legacy, target, jobs=jobs, cache=cache, progress=progress).run()
         except BaseException as exc:
@@ -76,9 +79,11 @@ def _record(ledger: Ledger, root: str, run_id: int, report: Report) -> None:
         for i in report.images.values()
     ]
     containers = [(c.container_id, c.status, c.reason) for c in report.containers]
+    tags = [(ref, str(i.image_id)) for i in report.images.values() if i.image_id for ref in i.tags]
     if not report.dry_run:
         ledger.record_images(root, run_id, images)
         ledger.record_containers(root, run_id, containers)
+        ledger.record_tags(root, run_id, tags)
     skipped = len(report.skipped)
     ledger.end_run(
         run_id,
@@ -106,7 +111,16 @@ def status(legacy: LegacyRoot, ledger: Ledger) -> Status:
     recorded = ledger.images(legacy.root)
     migrated = [v1 for v1 in ids if recorded.get(v1, (None, "", ""))[1] == "migrated"]
     remaining = [v1 for v1 in ids if v1 not in set(migrated)]
-    return Status(ledger.runs(legacy.root), len(ids), len(migrated), remaining)
+    runs = ledger.runs(legacy.root)
+    if not is_held(legacy.root):
+        # A run still "running" with nobody holding the lock was killed before it could say so.
+        runs = [
+            replace(run, outcome="interrupted")
+            if run.outcome == "running" and run.mode == "run"
+            else run
+            for run in runs
+        ]
+    return Status(runs, len(ids), len(migrated), remaining)
 
 
 def fleet_status(ledger: Ledger, root: str | None = None) -> list[RunSummary]:

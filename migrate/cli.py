@@ -104,6 +104,7 @@ def report_json(report: Report, *, dry_run: bool, seconds: float) -> dict[str, A
             "size": layer.size,
             "source": layer.source,
             "note": layer.note,
+            "integrity_failed": layer.integrity_failed,
         }
         for layer in report.layers
     ]
@@ -116,7 +117,11 @@ def report_json(report: Report, *, dry_run: bool, seconds: float) -> dict[str, A
         "skipped": len(report.skipped),
         "layers": len(layers),
         "layers_regenerated": sum(1 for layer in layers if layer["source"] == "regenerated"),
+        "layers_integrity_failed": sum(1 for layer in report.layers if layer.integrity_failed),
         "bytes_hashed": report.bytes_hashed,
+        "bytes_to_hash": report.bytes_hashed,
+        "hash_rate": round(_rate(report)),
+        "estimated_seconds": round(_estimate(report), 3),
         "seconds": round(seconds, 3),
     }
     return {
@@ -132,8 +137,20 @@ def report_json(report: Report, *, dry_run: bool, seconds: float) -> dict[str, A
     }
 
 
+def _rate(report: Report) -> float:
+    """Bytes hashed per second of the hashing phase (all workers together)."""
+    return report.bytes_hashed / report.hash_seconds if report.hash_seconds > 0 else 0.0
+
+
+def _estimate(report: Report) -> float:
+    """Seconds a run needs to hash what this one hashed (layers no run has recorded yet)."""
+    rate = _rate(report)
+    return report.bytes_hashed / rate if rate else 0.0
+
+
 def _print_summary(report: Report, *, dry_run: bool, seconds: float) -> None:
     verb = "would migrate" if dry_run else "migrated"
+    regenerate = "would regenerate" if dry_run else "regenerated"
     err = sys.stderr
     for image in report.images.values():
         if image.image_id is not None:
@@ -142,8 +159,11 @@ def _print_summary(report: Report, *, dry_run: bool, seconds: float) -> None:
     for image in report.skipped:
         print(f"skipped image {image.v1_id}: {image.reason}", file=err)
     for layer in report.layers:
+        if layer.integrity_failed:
+            print(f"layer {layer.v1_id} failed its integrity check: {layer.note}", file=err)
+    for layer in report.layers:
         if layer.source == "regenerated":
-            print(f"regenerated layer {layer.v1_id[:12]}: {layer.note}", file=err)
+            print(f"{regenerate} layer {layer.v1_id[:12]}: {layer.note}", file=err)
     for container in report.containers:
         if container.status != "migrated":
             print(f"skipped container {container.container_id}: {container.reason}", file=err)
@@ -151,13 +171,22 @@ def _print_summary(report: Report, *, dry_run: bool, seconds: float) -> None:
         print(f"dropped tag {name}:{tag}: {why}", file=err)
     for problem in report.problems:
         print(f"problem: {problem}", file=err)
-    rate = report.bytes_hashed / seconds / 1e6 if seconds > 0 else 0.0
     migrated = len(report.images) - len(report.skipped)
+    regenerated = sum(1 for layer in report.layers if layer.source == "regenerated")
+    failed = sum(1 for layer in report.layers if layer.integrity_failed)
     print(
-        f"{verb} {migrated} of {len(report.images)} images, {len(report.layers)} layers; "
-        f"hashed {report.bytes_hashed / 1e6:.1f} MB in {seconds:.2f} s ({rate:.0f} MB/s)",
+        f"{verb} {migrated} of {len(report.images)} images, {len(report.layers)} layers "
+        f"({regenerated} {regenerate}, {failed} failed the integrity check); "
+        f"hashed {report.bytes_hashed / 1e6:.1f} MB in {seconds:.2f} s "
+        f"({_rate(report) / 1e6:.0f} MB/s)",
         file=err,
     )
+    if dry_run:
+        print(
+            f"a real run hashes {report.bytes_hashed / 1e6:.1f} MB: "
+            f"about {_estimate(report):.1f} s at the measured rate",
+            file=err,
+        )
 
 
 class _TqdmHandler(logging.Handler):
@@ -184,6 +213,12 @@ class _Bars:
 
     def layer_hashed(self, result: LayerResult) -> None:
         self.hashed.update(result.size)
+
+    def layer_cached(self, result: LayerResult) -> None:
+        """Take a layer an earlier run hashed out of what is left to hash."""
+        if self.hashed.total:
+            self.hashed.total = max(self.hashed.n, self.hashed.total - result.size)
+            self.hashed.refresh()
 
     def image_done(self, report: ImageReport) -> None:
         self.images.update(1)

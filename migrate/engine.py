@@ -8,8 +8,11 @@ so a dry run executes exactly the same code against a recorder.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
+import time
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import closing
@@ -33,13 +36,23 @@ SKIPPED = "skipped"
 
 
 class LayerCache(Protocol):
-    """Remembers layers already hashed, so an interrupted run does not hash them again."""
+    """Remembers finished units: layers already hashed, so a resumed run does not hash them
+    again, and the layers and images already in place, for ``status``.
+
+    The engine calls each ``*_done`` method only once the unit's files are durably in place.
+    """
 
     def cached_layer(self, job: LayerJob) -> LayerResult | None:
         """A result recorded earlier for this exact legacy layer, or None."""
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
-        """Record a result whose files are durably in place."""
+        """Record a hashing result whose files (a regenerated tar-split) are durably in place."""
+
+    def layer_registered(self, v1_id: str, chain: ChainID, tar_split_path: str) -> None:
+        """Record that the layer's layerdb entry is in place, with its tar-split at that path."""
+
+    def image_done(self, report: ImageReport) -> None:
+        """Record an image that is migrated (its config is in place) or skipped."""
 
 
 class NoCache:
@@ -49,6 +62,12 @@ class NoCache:
         return None
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
+        pass
+
+    def layer_registered(self, v1_id: str, chain: ChainID, tar_split_path: str) -> None:
+        pass
+
+    def image_done(self, report: ImageReport) -> None:
         pass
 
 
@@ -69,6 +88,7 @@ class LayerReport:
     size: int
     source: str
     note: str
+    integrity_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +109,7 @@ class Report:
     ignored_entries: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     bytes_hashed: int = 0
+    hash_seconds: float = 0.0
     dry_run: bool = False
 
     @property
@@ -108,11 +129,15 @@ class _Migrated:
 
 class Progress(Protocol):
     def layer_hashed(self, result: LayerResult) -> None: ...
+    def layer_cached(self, result: LayerResult) -> None: ...  # known already: not hashed again
     def image_done(self, report: ImageReport) -> None: ...
 
 
 class NoProgress:
     def layer_hashed(self, result: LayerResult) -> None:
+        pass
+
+    def layer_cached(self, result: LayerResult) -> None:
         pass
 
     def image_done(self, report: ImageReport) -> None:
@@ -149,6 +174,7 @@ class Migration:
         """Migrate everything that is sound; report what was skipped and why."""
         if not self.legacy.has_graph():
             raise MigrateError(f"{self.legacy.root}: no graph directory, nothing to migrate")
+        self._discard_leftovers()
         self._create_dirs()
         ids = self._scan()
         self._hash_layers(self._layers_needed(ids))
@@ -158,6 +184,17 @@ class Migration:
         self._migrate_containers()
         self._migrate_tags()
         return self.report
+
+    def _discard_leftovers(self) -> None:
+        """Remove the temporaries and staged layers an interrupted run left behind."""
+        removed = self.target.discard_leftovers(self.image_root)
+        removed += self.target.discard_leftovers("", bases=_MARKERS)
+        for container_id in self.legacy.container_ids():
+            removed += self.target.discard_leftovers(
+                f"containers/{container_id}", bases=("config.v2.json",)
+            )
+        for path in removed:
+            log.info("removed the leftover of an interrupted run %s", path)
 
     def _create_dirs(self) -> None:
         for path in ("image", self.image_root):
@@ -225,9 +262,11 @@ class Migration:
             cached = self.cache.cached_layer(job)
             if cached is not None:
                 self._layer_hashed(job, cached, fresh=False)
+                self.progress.layer_cached(cached)
             else:
                 pending.append(job)
         pending.sort(key=lambda job: self.legacy.layer_size_hint(job.v1_id), reverse=True)
+        started = time.monotonic()
         # Closed explicitly: when recording a result fails (the ledger went away), the layers
         # not started yet are cancelled now rather than hashed for nothing.
         with closing(self._execute(pending)) as outcomes:
@@ -238,6 +277,7 @@ class Migration:
                     log.warning("could not hash layer %s: %s", job.v1_id, outcome)
                     self.report.problems.append(f"layer {job.v1_id}: {outcome}")
                     self._layer_errors[job.v1_id] = str(outcome)
+        self.report.hash_seconds = time.monotonic() - started
 
     _layer_errors: dict[str, str]
 
@@ -249,7 +289,12 @@ class Migration:
             for job in jobs:
                 yield job, _hash_or_error(job)
             return
-        with ProcessPoolExecutor(self.jobs, mp_context=get_context("fork")) as pool:
+        with ProcessPoolExecutor(
+            self.jobs,
+            mp_context=get_context("fork"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures: dict[Future[LayerResult | MigrateError], LayerJob] = {
                 pool.submit(_hash_or_error, job): job for job in jobs
             }
@@ -277,6 +322,7 @@ class Migration:
         report = self.report.images.setdefault(v1_id, ImageReport(v1_id))
         report.status, report.reason = SKIPPED, reason
         log.warning("skipped image %s: %s", v1_id, reason)
+        self.cache.image_done(report)
         self.progress.image_done(report)
 
     def _migrate_image(self, v1_id: str, path: list[str]) -> _Migrated | None:
@@ -303,6 +349,7 @@ class Migration:
         self.report.images[v1_id].image_id = migrated.image_id
         self.report.images[v1_id].status = MIGRATED
         log.info("migrated image %s to %s", v1_id, migrated.image_id)
+        self.cache.image_done(self.report.images[v1_id])
         self.progress.image_done(self.report.images[v1_id])
         return migrated
 
@@ -343,13 +390,23 @@ class Migration:
         """Write the layer's layerdb entry unless that chain ID is registered already."""
         final = f"{self.image_root}/layerdb/sha256/{chain.hex}"
         self.report.layers.append(
-            LayerReport(v1_id, layer.diff_id, chain, layer.size, layer.source, layer.note)
+            LayerReport(
+                v1_id,
+                layer.diff_id,
+                chain,
+                layer.size,
+                layer.source,
+                layer.note,
+                layer.integrity_failed,
+            )
         )
         existing = self.target.read(f"{final}/diff")
         if existing is not None:
             if existing.strip() != str(layer.diff_id).encode():
                 raise MigrateError(f"layer {chain} exists with a different diff ID")
-            return  # the first graph ID registered for a chain stays its cache-id (spec 3.4)
+            # The first graph ID registered for a chain stays its cache-id (spec 3.4).
+            self._layer_registered(v1_id, chain, final)
+            return
         staging = f"{self.image_root}/layerdb/tmp/layer-{v1_id}"
         self.target.remove_tree(staging)
         self.target.makedirs(staging, 0o700)
@@ -360,6 +417,12 @@ class Migration:
             self.target.write(f"{staging}/parent", str(parent).encode(), 0o644)
         self.target.copy(f"{staging}/tar-split.json.gz", layer.tar_split_path, 0o644)
         self.target.rename_dir(staging, final)
+        checkpoint("layer-registered")
+        self._layer_registered(v1_id, chain, final)
+
+    def _layer_registered(self, v1_id: str, chain: ChainID, final: str) -> None:
+        tar_split = self.target.local_path(f"{final}/tar-split.json.gz")
+        self.cache.layer_registered(v1_id, chain, tar_split)
 
     def _store_image(self, image_id: ImageID, raw_config: bytes, parent: ImageID | None) -> None:
         self.target.write(
@@ -487,6 +550,24 @@ class Migration:
         for image in self.report.images.values():
             if image.image_id is not None:
                 image.tags = sorted(by_image.get(image.image_id, []))
+
+
+_MARKERS = (".migration-v1-images.json", ".migration-v1-tags")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make a hashing worker die with the run that started it.
+
+    A worker outlives a run killed with SIGKILL otherwise, blocked for ever on its queue and
+    still holding the root's lock it inherited, so the resumed run would be refused.
+    """
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:
+        return  # not Linux: Docker roots to migrate live on Linux hosts
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the run died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _hash_or_error(job: LayerJob) -> LayerResult | MigrateError:

@@ -28,6 +28,10 @@ class TarSplitError(MigrateError):
     """A tar-split stream could not be read or replayed against the layer's files."""
 
 
+class IntegrityCheckError(TarSplitError):
+    """A layer file no longer has the CRC-64 its tar-split stream recorded: it changed on disk."""
+
+
 class ConfinementError(TarSplitError):
     """A layer's entry name would lead outside its layer root, or is not a regular file."""
 

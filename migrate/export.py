@@ -82,6 +82,8 @@ class _Collect:
     def layer_hashed(self, result: LayerResult) -> None:
         self.layers[result.v1_id] = result
 
+    layer_cached = layer_hashed
+
     def image_done(self, report: ImageReport) -> None:
         pass
 

@@ -13,7 +13,13 @@ from typing import BinaryIO
 from migrate import archive, tarsplit
 from migrate.confine import ConfinedRoot
 from migrate.digest import DiffID
-from migrate.errors import LayerContentError, MigrateError, TarSplitError
+from migrate.errors import (
+    IntegrityCheckError,
+    LayerContentError,
+    MigrateError,
+    TarSplitError,
+)
+from migrate.faults import checkpoint
 from migrate.legacy import LegacyRoot
 
 TAR_SPLIT = "tar-split"
@@ -43,6 +49,7 @@ class LayerResult:
     bytes_hashed: int
     seconds: float
     note: str = ""  # why the recorded tar-split could not be used, when regenerated
+    integrity_failed: bool = False  # a layer file's CRC-64 no longer matched: changed on disk
 
 
 class _MissingLayer:
@@ -112,17 +119,28 @@ def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
                 assembly = archive.regenerate_naive(layer_dir, parent, out)
             out.flush()
             os.fsync(out.fileno())
+        checkpoint("layer-regenerated")
         os.rename(tmp, job.regenerated_path)
+        _fsync_dir(os.path.dirname(job.regenerated_path))  # the ledger records it next
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return assembly
 
 
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def hash_layer(job: LayerJob) -> LayerResult:
     """Identify one layer's content; raise MigrateError when neither way works."""
     legacy = LegacyRoot(job.root, job.driver)
     started = time.monotonic()
+    integrity_failed = False
     try:
         assembly = _replay(legacy, job.v1_id, legacy.tar_data(job.v1_id))
         source, path, note = TAR_SPLIT, legacy.tar_data(job.v1_id), ""
@@ -130,6 +148,7 @@ def hash_layer(job: LayerJob) -> LayerResult:
         note = "no tar-split recorded"
     except (MigrateError, OSError) as exc:
         note = str(exc)
+        integrity_failed = isinstance(exc, IntegrityCheckError)
     if note:
         try:
             assembly = _regenerate(legacy, job)
@@ -140,5 +159,13 @@ def hash_layer(job: LayerJob) -> LayerResult:
         source, path = REGENERATED, job.regenerated_path
     seconds = time.monotonic() - started
     return LayerResult(
-        job.v1_id, assembly.diff_id, assembly.size, source, path, assembly.length, seconds, note
+        job.v1_id,
+        assembly.diff_id,
+        assembly.size,
+        source,
+        path,
+        assembly.length,
+        seconds,
+        note,
+        integrity_failed,
     )

@@ -22,10 +22,11 @@ import socket
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -35,6 +36,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    false,
     func,
     inspect,
     select,
@@ -46,12 +48,17 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from migrate.digest import DiffID
+from migrate.digest import ChainID, DiffID
 from migrate.errors import MigrateError
 from migrate.faults import checkpoint
 from migrate.layers import LayerJob, LayerResult
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:
+    from migrate.engine import ImageReport
+
+SCHEMA_VERSION = 2
+
+HASHED, REGISTERED = "hashed", "registered"
 
 # The PostgreSQL advisory lock every host takes to create or upgrade the schema ("gmledger").
 SCHEMA_LOCK = int.from_bytes(b"gmledger", "big")
@@ -120,6 +127,12 @@ class LayerRow(Base):
     note: Mapped[str] = mapped_column(Text, default="")
     run_id: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    # Schema version 2:
+    # Server defaults as the upgrade step adds them, so a ledger created whole and an upgraded
+    # one have the same schema.
+    state: Mapped[str] = mapped_column(String(16), default=HASHED, server_default=HASHED)
+    chain_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    integrity_failed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class ImageRow(Base):
@@ -144,12 +157,41 @@ class ContainerRow(Base):
     run_id: Mapped[int] = mapped_column(Integer)
 
 
+class TagRow(Base):
+    """A reference written to ``repositories.json`` (schema version 2)."""
+
+    __tablename__ = "tags"
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    root: Mapped[str] = mapped_column(String(4096), primary_key=True)
+    reference: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    image_id: Mapped[str] = mapped_column(String(80))
+    run_id: Mapped[int] = mapped_column(Integer)
+
+
 def _create_schema(connection: Connection) -> None:
     Base.metadata.create_all(connection, checkfirst=True)
 
 
+def _add_unit_states(connection: Connection) -> None:
+    """Version 2: layer states and chain IDs, integrity failures, the tags table.
+
+    A ledger created whole at version 2 already has them (step 1 creates the current models),
+    so each column is added only where it is missing.
+    """
+    Base.metadata.create_all(connection, checkfirst=True)
+    present = {column["name"] for column in inspect(connection).get_columns("layers")}
+    added = (
+        ("state", "VARCHAR(16) NOT NULL DEFAULT 'hashed'"),
+        ("chain_id", "VARCHAR(80)"),
+        ("integrity_failed", "BOOLEAN NOT NULL DEFAULT false"),
+    )
+    for name, definition in added:
+        if name not in present:
+            connection.execute(text(f"ALTER TABLE layers ADD COLUMN {name} {definition}"))
+
+
 # Each step upgrades the schema from version N-1 to N, inside the locked upgrade transaction.
-_UPGRADES: Sequence[Callable[[Connection], None]] = (_create_schema,)
+_UPGRADES: Sequence[Callable[[Connection], None]] = (_create_schema, _add_unit_states)
 
 
 def fingerprint(job: LayerJob) -> str:
@@ -341,8 +383,9 @@ class Ledger:
 
     # -- units ------------------------------------------------------------------------------
 
-    def layer_cache(self, root: str, run_id: int) -> LedgerLayerCache:
-        return LedgerLayerCache(self, root, run_id)
+    def layer_cache(self, root: str, run_id: int, *, record: bool = True) -> LedgerLayerCache:
+        """The engine's view of this root's units; ``record=False`` only reads (dry runs)."""
+        return LedgerLayerCache(self, root, run_id, record=record)
 
     def record_images(
         self, root: str, run_id: int, images: Sequence[tuple[str, str | None, str, str, str]]
@@ -391,6 +434,40 @@ class Ledger:
                 [{**row, "host": self.host, "root": root, "run_id": run_id} for row in rows],
             )
 
+    def record_tags(self, root: str, run_id: int, tags: Sequence[tuple[str, str]]) -> None:
+        """Make the root's tag rows exactly the (reference, image ID) of ``repositories.json``."""
+        rows = [
+            {"reference": reference, "image_id": image_id} for reference, image_id in sorted(tags)
+        ]
+        with self.session() as session:
+            self._replace(session, TagRow, "reference", root, run_id, rows)
+
+    def tags(self, root: str) -> dict[str, str]:
+        """Reference -> image ID as last recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(TagRow).where(TagRow.host == self.host, TagRow.root == root)
+            )
+            return {row.reference: row.image_id for row in rows}
+
+    def containers(self, root: str) -> dict[str, tuple[str, str]]:
+        """Container ID -> (state, reason) as last recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(ContainerRow).where(
+                    ContainerRow.host == self.host, ContainerRow.root == root
+                )
+            )
+            return {row.container_id: (row.state, row.reason) for row in rows}
+
+    def layers(self, root: str) -> dict[str, tuple[str, str | None]]:
+        """v1 ID -> (state, chain ID) of every layer recorded for ``root``."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(LayerRow).where(LayerRow.host == self.host, LayerRow.root == root)
+            )
+            return {row.v1_id: (row.state, row.chain_id) for row in rows}
+
     def images(self, root: str) -> dict[str, tuple[str | None, str, str]]:
         """v1 ID -> (image ID, state, reason) as last recorded for ``root``."""
         with self.session() as session:
@@ -412,10 +489,11 @@ class Ledger:
 class LedgerLayerCache:
     """The engine's layer cache, backed by the ledger's layers table."""
 
-    def __init__(self, ledger: Ledger, root: str, run_id: int) -> None:
+    def __init__(self, ledger: Ledger, root: str, run_id: int, *, record: bool = True) -> None:
         self.ledger = ledger
         self.root = root
         self.run_id = run_id
+        self.record = record
 
     def cached_layer(self, job: LayerJob) -> LayerResult | None:
         with self.ledger.session() as session:
@@ -433,9 +511,12 @@ class LedgerLayerCache:
                 row.bytes_hashed,
                 row.seconds,
                 row.note,
+                bool(row.integrity_failed),
             )
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
+        if not self.record:
+            return
         row = {
             "host": self.ledger.host,
             "root": self.root,
@@ -450,9 +531,46 @@ class LedgerLayerCache:
             "note": result.note,
             "run_id": self.run_id,
             "updated_at": _now(),
+            "state": HASHED,
+            "chain_id": None,
+            "integrity_failed": result.integrity_failed,
         }
         with self.ledger.session() as session:
             _upsert(session, cast(Table, LayerRow.__table__), [row])
+
+    def layer_registered(self, v1_id: str, chain: ChainID, tar_split_path: str) -> None:
+        """Mark the layer registered; later runs replay its tar-split from the layerdb copy."""
+        if not self.record:
+            return
+        with self.ledger.session() as session:
+            session.execute(
+                update(LayerRow)
+                .where(LayerRow.host == self.ledger.host, LayerRow.root == self.root)
+                .where(LayerRow.v1_id == v1_id)
+                .values(
+                    state=REGISTERED,
+                    chain_id=str(chain),
+                    tar_split_path=tar_split_path,
+                    updated_at=_now(),
+                )
+            )
+
+    def image_done(self, report: ImageReport) -> None:
+        if not self.record:
+            return
+        row = {
+            "host": self.ledger.host,
+            "root": self.root,
+            "v1_id": report.v1_id,
+            "image_id": str(report.image_id) if report.image_id else None,
+            "state": report.status,
+            "reason": report.reason,
+            "tags": " ".join(report.tags),
+            "run_id": self.run_id,
+        }
+        # One image as it is created; the run's end replaces the whole set (record_images).
+        with self.ledger.session() as session:
+            _upsert(session, cast(Table, ImageRow.__table__), [row])
 
 
 def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:

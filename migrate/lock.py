@@ -65,6 +65,21 @@ class RootLock:
             self._fd = None
 
 
+def is_held(root: str) -> bool:
+    """Whether a live run holds ``root``'s lock; creates nothing when none does."""
+    try:
+        fd = os.open(os.path.join(root, LOCK_NAME), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also drops the shared lock, if we got it
+    return False
+
+
 def _same_file(fd: int, path: str) -> bool:
     try:
         st = os.stat(path)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import os
 
-from migrate.digest import DiffID, DigestError
-from migrate.engine import LayerCache
+from migrate.digest import ChainID, DiffID, DigestError
+from migrate.engine import ImageReport, LayerCache
 from migrate.layers import TAR_SPLIT, LayerJob, LayerResult
 from migrate.legacy import LegacyRoot
 
@@ -79,6 +79,12 @@ class ResyncingCache:
 
     def layer_done(self, job: LayerJob, result: LayerResult) -> None:
         self.cache.layer_done(job, result)
+
+    def layer_registered(self, v1_id: str, chain: ChainID, tar_split_path: str) -> None:
+        self.cache.layer_registered(v1_id, chain, tar_split_path)
+
+    def image_done(self, report: ImageReport) -> None:
+        self.cache.image_done(report)
 
 
 def _read(path: str) -> bytes | None:

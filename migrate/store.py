@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,13 @@ from migrate.faults import checkpoint
 
 DIR_MODE = 0o700
 _COPY_CHUNK = 1 << 20
+
+# What an interrupted run can leave behind: the temporary of an atomic write (``.<name>.`` plus
+# mkstemp's eight characters and ``.tmp``), a regenerated tar-split being written
+# (``regenerated-<id>.json.gz.<pid>.tmp``) and a layer being staged (``layer-<id>``).
+_TEMPORARY = re.compile(r"\A\.(?P<base>.+)\.[a-z0-9_]{8}\.tmp\Z")
+_REGENERATING = re.compile(r"\Aregenerated-[0-9a-f]{64}\.json\.gz\.[0-9]+\.tmp\Z")
+_STAGING = re.compile(r"\Alayer-[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +74,13 @@ class Target(Protocol):
 
     def rename_dir(self, source: str, dest: str) -> None:
         """Move the complete directory ``source`` to ``dest`` in one atomic step."""
+
+    def discard_leftovers(self, path: str, *, bases: tuple[str, ...] | None = None) -> list[str]:
+        """Remove what an interrupted run left in the directory ``path``; return those paths.
+
+        Without ``bases`` every temporary below ``path`` goes (the tree must be the tool's own);
+        with ``bases`` only the temporaries of those file names directly in ``path``.
+        """
 
 
 def _fsync_dir(path: str) -> None:
@@ -170,6 +185,35 @@ class RealTarget:
         os.rename(self._abs(source), self._abs(dest))
         _fsync_dir(os.path.dirname(self._abs(dest)))
 
+    def discard_leftovers(self, path: str, *, bases: tuple[str, ...] | None = None) -> list[str]:
+        removed: list[str] = []
+        full = self._abs(path)
+        if bases is not None:
+            for name in _names(full):
+                match = _TEMPORARY.match(name)
+                if match and match["base"] in bases:
+                    self.remove(os.path.join(path, name))
+                    removed.append(os.path.join(path, name))
+            return removed
+        for directory, dirs, files in os.walk(full):
+            relative = os.path.relpath(directory, self.root)
+            for name in [d for d in dirs if _STAGING.match(d)]:
+                dirs.remove(name)
+                self.remove_tree(os.path.join(relative, name))
+                removed.append(os.path.join(relative, name))
+            for name in files:
+                if _TEMPORARY.match(name) or _REGENERATING.match(name):
+                    self.remove(os.path.join(relative, name))
+                    removed.append(os.path.join(relative, name))
+        return removed
+
+
+def _names(directory: str) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+
 
 def _files_equal(a: str, b: str) -> bool:
     if os.path.getsize(a) != os.path.getsize(b):
@@ -268,6 +312,9 @@ class DryRunTarget:
                 self._contents[moved] = self._contents.pop(name)
         self._dirs.discard(source)
         self._dirs.add(dest)
+
+    def discard_leftovers(self, path: str, *, bases: tuple[str, ...] | None = None) -> list[str]:
+        return []  # a dry run removes nothing, and leaves nothing behind to remove
 
     def close(self) -> None:
         """Delete the scratch files a dry run produced outside the root."""

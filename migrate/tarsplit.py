@@ -25,7 +25,8 @@ from typing import Any, BinaryIO, Protocol
 import fastcrc
 
 from migrate.digest import DiffID
-from migrate.errors import TarSplitError
+from migrate.errors import IntegrityCheckError, TarSplitError
+from migrate.faults import checkpoint
 
 FILE_ENTRY = 1
 SEGMENT_ENTRY = 2
@@ -346,7 +347,8 @@ def _replay_file(
             length += len(chunk)
 
     if crc.to_bytes(8, "big") != expected_crc:
-        raise TarSplitError(f"file integrity checksum failed for {quote_name(name)}")
+        raise IntegrityCheckError(f"file integrity checksum failed for {quote_name(name)}")
+    checkpoint("layer-file-hashed")
     return length
 
 

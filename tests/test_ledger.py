@@ -11,7 +11,7 @@ import pytest
 
 from migrate.digest import DiffID
 from migrate.layers import LayerJob, LayerResult
-from migrate.ledger import Ledger, LedgerError, SchemaVersion, default_url
+from migrate.ledger import SCHEMA_VERSION, Ledger, LedgerError, SchemaVersion, default_url
 from migrate.lock import LockedError, RootLock
 
 
@@ -63,7 +63,33 @@ def test_schema_version_is_recorded_once(tmp_path: Path) -> None:
     Ledger(url).close()
     ledger = Ledger(url)
     with ledger.session() as session:
-        assert [row.version for row in session.query(SchemaVersion)] == [1]
+        # Each upgrade step is recorded once, a new ledger taking every step.
+        versions = sorted(row.version for row in session.query(SchemaVersion))
+        assert versions == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_a_version_1_ledger_is_upgraded_and_keeps_its_rows(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/l.db"
+    job = _job(tmp_path)
+    result = LayerResult(job.v1_id, DiffID.of(b"x"), 1, "tar-split", str(tmp_path), 1024, 0.1)
+    ledger = Ledger(url, "h")
+    run = ledger.start_run(str(tmp_path), "vfs", "run")
+    ledger.layer_cache(str(tmp_path), run).layer_done(job, result)
+    # Take the schema back to what version 1 created.
+    with ledger.engine.begin() as connection:
+        for column in ("state", "chain_id", "integrity_failed"):
+            connection.exec_driver_sql(f"ALTER TABLE layers DROP COLUMN {column}")
+        connection.exec_driver_sql("DROP TABLE tags")
+        connection.exec_driver_sql("DELETE FROM schema_version WHERE version > 1")
+    ledger.close()
+
+    upgraded = Ledger(url, "h")
+    with upgraded.session() as session:
+        assert sorted(row.version for row in session.query(SchemaVersion)) == [1, 2]
+    assert upgraded.layers(str(tmp_path)) == {job.v1_id: ("hashed", None)}
+    assert upgraded.layer_cache(str(tmp_path), run).cached_layer(job) == result
+    upgraded.record_tags(str(tmp_path), run, [("busybox:latest", "sha256:" + "1" * 64)])
+    assert upgraded.tags(str(tmp_path)) == {"busybox:latest": "sha256:" + "1" * 64}
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
