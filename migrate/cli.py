@@ -1,7 +1,8 @@
 """The ``graph-migrate`` command line: parses options, draws progress, maps outcomes to exits.
 
-Exit status: 0 when everything migrated (or verified), 1 when some images were skipped (the
-rest migrated; each skipped one is named with its reason), 2 on a usage error or a fatal problem.
+Exit status: 0 when everything migrated (or verified), 1 when some images, containers or the tag
+file were skipped (the rest migrated; each skipped one is named with its reason), 2 on a usage
+error or a fatal problem (a full disk, a read-only target).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def report_json(report: Report, *, dry_run: bool, seconds: float) -> dict[str, A
             {"name": name, "tag": tag, "reason": why} for name, tag, why in report.dropped_tags
         ],
         "problems": report.problems,
+        "ignored": [f"graph/{name}" for name in report.ignored_entries],
         "totals": totals,
     }
 
@@ -150,6 +152,9 @@ def _print_summary(report: Report, *, dry_run: bool, seconds: float) -> None:
         print(f"dropped tag {name}:{tag}: {why}", file=err)
     for problem in report.problems:
         print(f"problem: {problem}", file=err)
+    for name in report.ignored_entries:
+        if name != "_tmp":  # Docker's own scratch directory, present on every legacy host
+            print(f"ignored graph/{name}: not an image ID", file=err)
     rate = report.bytes_hashed / seconds / 1e6 if seconds > 0 else 0.0
     migrated = len(report.images) - len(report.skipped)
     print(
@@ -192,10 +197,16 @@ class _Bars:
         self.images.close()
 
 
-def _fail(exc: MigrateError, debug: bool) -> NoReturn:
+def _fail(exc: MigrateError | OSError, debug: bool) -> NoReturn:
     if debug:
         raise exc
-    print(f"graph-migrate: {exc}", file=sys.stderr)
+    if isinstance(exc, OSError):
+        # Not anticipated where it happened (the lock file on a read-only root, say): still
+        # one line, naming the file and the cause.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"graph-migrate: {where}{exc.strerror or exc}", file=sys.stderr)
+    else:
+        print(f"graph-migrate: {exc}", file=sys.stderr)
     raise typer.Exit(EXIT_FATAL)
 
 
@@ -246,7 +257,7 @@ def run(
             book.close()
             if bars is not None:
                 bars.close()
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     seconds = time.monotonic() - started
     if as_json:
@@ -254,7 +265,7 @@ def run(
         sys.stdout.write("\n")
     if not quiet:
         _print_summary(report, dry_run=dry_run, seconds=seconds)
-    raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+    raise typer.Exit(EXIT_OK if report.complete else EXIT_SKIPPED)
 
 
 @app.command()
@@ -274,7 +285,7 @@ def status(
             state = api_status(legacy, book)
         finally:
             book.close()
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     runs: list[dict[str, Any]] = [
         {
@@ -331,7 +342,7 @@ def verify(
     try:
         legacy = open_root(root, driver)
         result = check(legacy, content=not metadata_only)
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     for problem in result.problems:
         print(problem)

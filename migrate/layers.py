@@ -8,13 +8,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from migrate import archive, tarsplit
 from migrate.confine import ConfinedRoot
 from migrate.digest import DiffID
-from migrate.errors import MigrateError, TarSplitError
-from migrate.legacy import LegacyRoot
+from migrate.errors import LayerContentError, MigrateError, TargetError, TarSplitError
+from migrate.legacy import LegacyRoot, NotRegularError, open_regular
 
 TAR_SPLIT = "tar-split"
 REGENERATED = "regenerated"
@@ -52,22 +52,44 @@ class _MissingLayer:
     still replays without its directory, as it did in Docker.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
 
     def open(self, name: bytes) -> BinaryIO:
-        raise TarSplitError(f"layer directory {self.path} is missing (needed for {name!r})")
+        raise _NoLayerDirectory(self.fault)
 
     def close(self) -> None:
         pass
 
 
+class _NoLayerDirectory(TarSplitError):
+    """Replay needed a file of a layer whose directory is missing or refused."""
+
+
+class _TargetFile:
+    """The regenerated tar-split's temporary file; a failed write stops the whole run."""
+
+    def __init__(self, raw: BinaryIO, shown: str) -> None:
+        self._raw = raw
+        self._shown = shown
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as exc:
+            raise TargetError(self._shown, exc.strerror or str(exc)) from exc
+
+
 def _replay(legacy: LegacyRoot, v1_id: str) -> tarsplit.Assembly:
-    files_dir = legacy.layer_files(v1_id)
-    files: ConfinedRoot | _MissingLayer
-    files = ConfinedRoot(files_dir) if os.path.isdir(files_dir) else _MissingLayer(files_dir)
     try:
-        with open(legacy.tar_data(v1_id), "rb") as stream:
+        stream = open_regular(legacy.tar_data(v1_id))
+    except NotRegularError as exc:
+        raise TarSplitError(f"tar-data.json.gz {exc.strerror}") from None
+    fault = legacy.layer_dir_fault(v1_id)
+    files: ConfinedRoot | _MissingLayer
+    files = _MissingLayer(fault) if fault else ConfinedRoot(legacy.layer_files(v1_id))
+    try:
+        with stream:
             return tarsplit.assemble(stream, files)
     finally:
         files.close()
@@ -75,29 +97,43 @@ def _replay(legacy: LegacyRoot, v1_id: str) -> tarsplit.Assembly:
 
 def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
     layer_dir = legacy.layer_files(job.v1_id)
-    if not os.path.isdir(layer_dir):
-        raise MigrateError(f"layer directory {layer_dir} is missing")
     tmp = f"{job.regenerated_path}.{os.getpid()}.tmp"
+    shown = os.path.relpath(job.regenerated_path, legacy.root)
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "wb") as raw:
+            out = cast(BinaryIO, _TargetFile(raw, shown))
             if legacy.driver == "aufs":
                 assembly = archive.regenerate_aufs(layer_dir, out)
             else:
                 parent = legacy.layer_files(job.parent_v1_id) if job.parent_v1_id else None
-                if parent is not None and not os.path.isdir(parent):
-                    raise MigrateError(f"parent layer directory {parent} is missing")
                 assembly = archive.regenerate_naive(layer_dir, parent, out)
-            out.flush()
-            os.fsync(out.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.rename(tmp, job.regenerated_path)
+    except OSError as exc:
+        raise TargetError(shown, exc.strerror or str(exc)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return assembly
 
 
+def _regeneration_fault(legacy: LegacyRoot, job: LayerJob) -> str | None:
+    """Why the layer's directories cannot be archived (refused or missing), or None."""
+    fault = legacy.layer_dir_fault(job.v1_id)
+    if fault is None and legacy.driver != "aufs" and job.parent_v1_id:
+        parent_fault = legacy.layer_dir_fault(job.parent_v1_id)
+        fault = f"parent {parent_fault}" if parent_fault else None
+    return fault
+
+
 def hash_layer(job: LayerJob) -> LayerResult:
-    """Identify one layer's content; raise MigrateError when neither way works."""
+    """Identify one layer's content: replay its tar-split, else regenerate its tar.
+
+    Raises:
+        LayerContentError: neither works; the message names the cause of each failure.
+        TargetError: the regenerated tar-split could not be written; the run must stop.
+    """
     legacy = LegacyRoot(job.root, job.driver)
     started = time.monotonic()
     try:
@@ -105,17 +141,28 @@ def hash_layer(job: LayerJob) -> LayerResult:
         source, path, note = TAR_SPLIT, legacy.tar_data(job.v1_id), ""
     except FileNotFoundError:
         note = "no tar-split recorded"
+    except _NoLayerDirectory as exc:
+        raise LayerContentError(str(exc)) from None  # nothing to regenerate from either
     except (MigrateError, OSError) as exc:
-        note = str(exc)
+        note = _shown_error(exc)
     if note:
+        fault = _regeneration_fault(legacy, job)
+        if fault is not None:
+            raise LayerContentError(f"{note}; cannot regenerate: {fault}")
         try:
             assembly = _regenerate(legacy, job)
-        except OSError as exc:
-            raise MigrateError(f"layer {job.v1_id}: {note}; regeneration failed: {exc}") from exc
+        except TargetError:
+            raise
         except MigrateError as exc:
-            raise MigrateError(f"layer {job.v1_id}: {note}; regeneration failed: {exc}") from exc
+            raise LayerContentError(f"{note}; regeneration failed: {exc}") from None
         source, path = REGENERATED, job.regenerated_path
     seconds = time.monotonic() - started
     return LayerResult(
         job.v1_id, assembly.diff_id, assembly.size, source, path, assembly.length, seconds, note
     )
+
+
+def _shown_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"reading tar-data.json.gz: {exc.strerror}"
+    return str(exc)
