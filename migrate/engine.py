@@ -293,6 +293,8 @@ class Migration:
             return None
         try:
             migrated = self._create_image(v1_id, parent)
+        except TargetError:
+            raise  # the store cannot be written: nothing later can be either
         except MigrateError as exc:
             self._skip(v1_id, str(exc))
             return None
