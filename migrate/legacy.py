@@ -59,7 +59,7 @@ def read_small(path: str, subject: str) -> bytes:
     except FileNotFoundError:
         raise LegacyDataError(subject, f"{name} is missing") from None
     except NotRegularError as exc:
-        raise LegacyDataError(subject, f"{name} {exc}") from None
+        raise LegacyDataError(subject, f"{name} {exc.strerror}") from None
     except OSError as exc:
         raise LegacyDataError(subject, f"cannot read {name}: {exc.strerror}") from None
     with fh:
