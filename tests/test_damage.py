@@ -166,6 +166,12 @@ def test_damaged_host(tmp_path: Path, name: str, clean_sample: tuple[Host, CliRu
     assert run.document["problems"] == expected.problems
     for problem in expected.problems:
         assert f"problem: {problem}" in run.stderr
+    ignored = {"graph/_tmp"} | {
+        p for d in host.damages if d.kind == "non-hex-entries" for p in d.paths
+    }
+    assert sorted(run.document["ignored"]) == sorted(ignored)
+    for path in ignored - {"graph/_tmp"}:
+        assert f"ignored {path}: not an image ID" in run.stderr
     repositories = host.root / "image" / host.driver / "repositories.json"
     assert repositories.exists() == expected.tags_migrated
     _check_ledger(host, tmp_path, expected)
