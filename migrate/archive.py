@@ -32,7 +32,8 @@ purpose:
   regeneration with :class:`LayerContentError`; Docker logs such errors and writes on.
 * Symbolic links beneath the given directories are never followed: every file is opened
   beneath a pinned directory descriptor, so a layer that changes while it is read cannot make
-  this module read outside it. The given directory paths themselves are trusted.
+  this module read outside it. The given directories themselves may not be symlinks; the
+  directories above them are trusted.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ class _RootDirectory:
 
     def __enter__(self) -> int:
         try:
-            self._fd = os.open(self._path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._fd = os.open(self._path, _OPEN_DIR)
         except OSError as exc:
             shown = _shown(self._path)
             raise LayerContentError(f"layer directory {shown}: {exc.strerror}") from exc

@@ -1,7 +1,8 @@
 """The ``graph-migrate`` command line: parses options, draws progress, maps outcomes to exits.
 
-Exit status: 0 when everything migrated (or verified), 1 when some images were skipped (the
-rest migrated; each skipped one is named with its reason), 2 on a usage error or a fatal problem.
+Exit status: 0 when everything migrated (or verified), 1 when some images, containers or the tag
+file were skipped (the rest migrated; each skipped one is named with its reason), 2 on a usage
+error or a fatal problem (a full disk, a read-only target).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
@@ -133,6 +135,7 @@ def report_json(report: Report, *, dry_run: bool, seconds: float) -> dict[str, A
             {"name": name, "tag": tag, "reason": why} for name, tag, why in report.dropped_tags
         ],
         "problems": report.problems,
+        "ignored": [f"graph/{name}" for name in report.ignored_entries],
         "totals": totals,
     }
 
@@ -148,29 +151,44 @@ def _estimate(report: Report) -> float:
     return report.bytes_hashed / rate if rate else 0.0
 
 
+def _object_lines(report: Report, *, dry_run: bool) -> Iterator[str]:
+    """One line per image, layer, container, tag or entry the summary must name."""
+    verb = "would migrate" if dry_run else "migrated"
+    for image in report.images.values():
+        if image.image_id is not None:
+            tags = f" ({', '.join(image.tags)})" if image.tags else ""
+            yield f"{verb} {image.v1_id[:12]} -> {image.image_id}{tags}"
+    for image in report.skipped:
+        yield f"skipped image {image.v1_id}: {image.reason}"
+    yield from _layer_lines(report, dry_run=dry_run)
+    for container in report.containers:
+        if container.status != "migrated":
+            yield f"skipped container {container.container_id}: {container.reason}"
+    for name, tag, why in report.dropped_tags:
+        yield f"dropped tag {name}:{tag}: {why}"
+    for problem in report.problems:
+        yield f"problem: {problem}"
+    for name in report.ignored_entries:
+        if name != "_tmp":  # Docker's own scratch directory, present on every legacy host
+            yield f"ignored graph/{name}: not an image ID"
+
+
+def _layer_lines(report: Report, *, dry_run: bool) -> Iterator[str]:
+    regenerate = "would regenerate" if dry_run else "regenerated"
+    for layer in report.layers:
+        if layer.integrity_failed:
+            yield f"layer {layer.v1_id} failed its integrity check: {layer.note}"
+    for layer in report.layers:
+        if layer.source == "regenerated":
+            yield f"{regenerate} layer {layer.v1_id[:12]}: {layer.note}"
+
+
 def _print_summary(report: Report, *, dry_run: bool, seconds: float) -> None:
     verb = "would migrate" if dry_run else "migrated"
     regenerate = "would regenerate" if dry_run else "regenerated"
     err = sys.stderr
-    for image in report.images.values():
-        if image.image_id is not None:
-            tags = f" ({', '.join(image.tags)})" if image.tags else ""
-            print(f"{verb} {image.v1_id[:12]} -> {image.image_id}{tags}", file=err)
-    for image in report.skipped:
-        print(f"skipped image {image.v1_id}: {image.reason}", file=err)
-    for layer in report.layers:
-        if layer.integrity_failed:
-            print(f"layer {layer.v1_id} failed its integrity check: {layer.note}", file=err)
-    for layer in report.layers:
-        if layer.source == "regenerated":
-            print(f"{regenerate} layer {layer.v1_id[:12]}: {layer.note}", file=err)
-    for container in report.containers:
-        if container.status != "migrated":
-            print(f"skipped container {container.container_id}: {container.reason}", file=err)
-    for name, tag, why in report.dropped_tags:
-        print(f"dropped tag {name}:{tag}: {why}", file=err)
-    for problem in report.problems:
-        print(f"problem: {problem}", file=err)
+    for line in _object_lines(report, dry_run=dry_run):
+        print(line, file=err)
     migrated = len(report.images) - len(report.skipped)
     regenerated = sum(1 for layer in report.layers if layer.source == "regenerated")
     failed = sum(1 for layer in report.layers if layer.integrity_failed)
@@ -228,10 +246,16 @@ class _Bars:
         self.images.close()
 
 
-def _fail(exc: MigrateError, debug: bool) -> NoReturn:
+def _fail(exc: MigrateError | OSError, debug: bool) -> NoReturn:
     if debug:
         raise exc
-    print(f"graph-migrate: {exc}", file=sys.stderr)
+    if isinstance(exc, OSError):
+        # Not anticipated where it happened (the lock file on a read-only root, say): still
+        # one line, naming the file and the cause.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"graph-migrate: {where}{exc.strerror or exc}", file=sys.stderr)
+    else:
+        print(f"graph-migrate: {exc}", file=sys.stderr)
     raise typer.Exit(EXIT_FATAL)
 
 
@@ -282,7 +306,7 @@ def run(
             book.close()
             if bars is not None:
                 bars.close()
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     seconds = time.monotonic() - started
     if as_json:
@@ -290,7 +314,7 @@ def run(
         sys.stdout.write("\n")
     if not quiet:
         _print_summary(report, dry_run=dry_run, seconds=seconds)
-    raise typer.Exit(EXIT_SKIPPED if report.skipped else EXIT_OK)
+    raise typer.Exit(EXIT_OK if report.complete else EXIT_SKIPPED)
 
 
 def _run_json(r: RunSummary) -> dict[str, Any]:
@@ -341,7 +365,7 @@ def status(
             state = api_status(legacy, book)
         finally:
             book.close()
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     runs = [_run_json(r) for r in state.runs[-10:]]
     if as_json:
@@ -435,7 +459,7 @@ def verify(
     try:
         legacy = open_root(root, driver)
         result = check(legacy, content=not metadata_only)
-    except MigrateError as exc:
+    except (MigrateError, OSError) as exc:
         _fail(exc, debug)
     for problem in result.problems:
         print(problem)

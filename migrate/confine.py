@@ -19,6 +19,8 @@ from typing import BinaryIO
 from migrate.errors import ConfinementError, TarSplitError
 from migrate.tarsplit import clean_name, quote_name
 
+# The root itself may not be a symlink either: a layer directory swapped for one is refused.
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
 # O_NONBLOCK: opening a fifo must not wait for a writer; fstat refuses it right after.
 _LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -42,7 +44,7 @@ class ConfinedRoot:
     def __init__(self, root: str | bytes) -> None:
         self._root = os.fsencode(root)
         try:
-            self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            self._root_fd = os.open(root, _ROOT_FLAGS)
         except OSError as error:
             shown = quote_name(self._root)
             raise TarSplitError(f"cannot open layer root {shown}: {error.strerror}") from None

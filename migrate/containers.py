@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from migrate import gojson
 from migrate.digest import ImageID
+from migrate.errors import FormatError
 from migrate.gojson import encode_string
 
 
-class MissingImageError(ValueError):
+class MissingImageError(FormatError):
     """A container config has no top-level ``Image`` key.
 
     Docker 1.10 treated this as fatal to the whole container phase, and then migrated no tags;
@@ -33,7 +34,7 @@ def container_image(raw_config: bytes) -> str:
     if top.kind == "null":
         raise MissingImageError("config.json is null, so it has no Image")
     if top.kind != "object":
-        raise ValueError(f"config.json is a JSON {top.kind}, not an object")
+        raise FormatError(f"config.json is a JSON {top.kind}, not an object")
     image = None
     for key, value in top.members():
         if key == "Image":
@@ -43,7 +44,7 @@ def container_image(raw_config: bytes) -> str:
     if image.kind == "null":
         return ""
     if image.kind != "string":
-        raise ValueError(f"Image is a JSON {image.kind}, not a string")
+        raise FormatError(f"Image is a JSON {image.kind}, not a string")
     return image.text()
 
 

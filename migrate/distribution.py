@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 from migrate import gojson
 from migrate.digest import BlobDigest, DiffID, ImageID
+from migrate.errors import FormatError
 from migrate.gojson import Value, encode_string
 from migrate.imageconfig import fold_key
 
@@ -94,11 +95,11 @@ def parse_images_map(raw: bytes) -> dict[str, str]:
     if top.kind == "null":
         return {}
     if top.kind != "object":
-        raise ValueError(f"expected a JSON object, found {top.kind}")
+        raise FormatError(f"expected a JSON object, found {top.kind}")
     result: dict[str, str] = {}
     for key, value in top.members():
         if value.kind not in ("string", "null"):
-            raise ValueError(f"{key!r}: expected a string, found {value.kind}")
+            raise FormatError(f"{key!r}: expected a string, found {value.kind}")
         result[key] = value.text() if value.kind == "string" else ""
     return result
 
@@ -122,13 +123,13 @@ def _decode_v2_entry(element: Value) -> tuple[str, str]:
     if element.kind == "null":
         return "", ""
     if element.kind != "object":
-        raise ValueError(f"expected an object, found {element.kind}")
+        raise FormatError(f"expected an object, found {element.kind}")
     fields = {"digest": "", "sourcerepository": ""}
     for key, value in element.members():
         name = fold_key(key)
         if name not in fields or value.kind == "null":
             continue
         if value.kind != "string":
-            raise ValueError(f"{key}: expected a string, found {value.kind}")
+            raise FormatError(f"{key}: expected a string, found {value.kind}")
         fields[name] = value.text()
     return fields["digest"], fields["sourcerepository"]

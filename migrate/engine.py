@@ -22,7 +22,7 @@ from typing import Protocol
 
 from migrate import containers, distribution, references
 from migrate.digest import ChainID, DiffID, ImageID, chain_id
-from migrate.errors import LegacyDataError, MigrateError
+from migrate.errors import LegacyDataError, MigrateError, TargetError
 from migrate.faults import checkpoint
 from migrate.imageconfig import HistoryItem, LegacyImage, make_config, parse_legacy_image
 from migrate.layers import LayerJob, LayerResult, hash_layer
@@ -115,6 +115,12 @@ class Report:
     @property
     def skipped(self) -> list[ImageReport]:
         return [image for image in self.images.values() if image.status != MIGRATED]
+
+    @property
+    def complete(self) -> bool:
+        """Whether nothing was left behind: no image, container or tag file skipped."""
+        containers_left = any(c.status != MIGRATED for c in self.containers)
+        return not (self.skipped or containers_left or self.problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +234,7 @@ class Migration:
         try:
             return parse_legacy_image(raw)
         except ValueError as exc:
-            raise LegacyDataError(f"image {v1_id}", f"invalid json: {exc}") from exc
+            raise LegacyDataError(f"image {v1_id}", f"json: {exc}") from exc
 
     def _chain(self, v1_id: str) -> Iterator[str]:
         """``v1_id`` and its ancestors, nearest first, stopping at a cycle."""
@@ -273,10 +279,10 @@ class Migration:
             for job, outcome in outcomes:
                 if isinstance(outcome, LayerResult):
                     self._layer_hashed(job, outcome, fresh=True)
+                elif isinstance(outcome, TargetError):
+                    raise outcome  # a full disk fails every later layer too: stop cleanly
                 else:
-                    log.warning("could not hash layer %s: %s", job.v1_id, outcome)
-                    self.report.problems.append(f"layer {job.v1_id}: {outcome}")
-                    self._layer_errors[job.v1_id] = str(outcome)
+                    self._layer_errors[job.v1_id] = str(outcome)  # the image's skip reason
         self.report.hash_seconds = time.monotonic() - started
 
     _layer_errors: dict[str, str]
@@ -341,6 +347,8 @@ class Migration:
             return None
         try:
             migrated = self._create_image(v1_id, parent)
+        except TargetError:
+            raise  # the store cannot be written: nothing later can be either
         except MigrateError as exc:
             self._skip(v1_id, str(exc))
             return None
@@ -481,7 +489,8 @@ class Migration:
             return SKIPPED, f"invalid config.json: {exc}"
         migrated = self._migrated.get(v1_image)
         if migrated is None:
-            return SKIPPED, f"image {v1_image} was not migrated"
+            known = v1_image in self.report.images
+            return SKIPPED, f"image {v1_image} {'was not migrated' if known else 'does not exist'}"
         if not self.legacy.has_layer(container_id):
             return (
                 SKIPPED,
@@ -515,12 +524,12 @@ class Migration:
             raw = read_small(path, os.path.basename(path))
             mapping = {v1: m.image_id for v1, m in self._migrated.items()}
             outcome = references.migrate_tags(raw, mapping)
-        except LegacyDataError as exc:
-            self.report.problems.append(str(exc))
-            return
-        except ValueError as exc:
-            self.report.problems.append(f"{os.path.basename(path)}: {exc}; tags not migrated")
-            log.error("tags not migrated: %s is unusable: %s", path, exc)
+        except (LegacyDataError, ValueError) as exc:
+            problem = f"{os.path.basename(path)}: {exc}; tags not migrated"
+            if isinstance(exc, LegacyDataError):
+                problem = f"{exc}; tags not migrated"
+            self.report.problems.append(problem)
+            log.warning("%s", problem)
             return
         refs = self._existing_references()
         for name, tags in outcome.references.items():

@@ -15,6 +15,13 @@ class UsageError(MigrateError):
     """The command line or the environment does not allow the work to start."""
 
 
+class FormatError(MigrateError, ValueError):
+    """Bytes do not parse as the format expected (legacy JSON, a tag file, a container config).
+
+    It is a ValueError too, so the parsers' callers may treat it as the bad value it is.
+    """
+
+
 class LegacyDataError(MigrateError):
     """Legacy metadata (an image's json, a tag file, a container config) is unusable."""
 
@@ -38,3 +45,15 @@ class ConfinementError(TarSplitError):
 
 class LayerContentError(MigrateError):
     """A layer's content could neither be replayed nor regenerated."""
+
+
+class TargetError(MigrateError):
+    """Writing the new store failed (a full disk, a read-only file system): the run stops."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        super().__init__(f"writing {path}: {cause}")
+        self.path = path
+        self.cause = cause
+
+    def __reduce__(self) -> tuple[type[TargetError], tuple[str, str]]:
+        return TargetError, (self.path, self.cause)  # layer hashing raises it in worker processes

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from migrate.errors import FormatError
+
 _STRING = rb'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
 _NUMBER = rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _TOKEN_RE = re.compile(
@@ -235,7 +237,7 @@ def split_object(raw: bytes) -> dict[str, bytes]:
     """
     value = parse(raw)
     if value.kind != "object":
-        raise ValueError(f"expected a JSON object, found {value.kind}")
+        raise FormatError(f"expected a JSON object, found {value.kind}")
     return {key: member.raw for key, member in value.members()}
 
 
@@ -311,9 +313,9 @@ def _scan(raw: bytes, *, first_only: bool, pieces: list[bytes] | None) -> Value:
 
     rest = _skip_whitespace(raw, pos)
     if scanner.state != _DONE and rest == len(raw):
-        raise ValueError("invalid JSON: unexpected end of input")
+        raise FormatError("invalid JSON: unexpected end of input")
     if scanner.state != _DONE or (not first_only and rest != len(raw)):
-        raise ValueError(f"invalid JSON: unexpected {raw[rest : rest + 1]!r} at offset {rest}")
+        raise FormatError(f"invalid JSON: unexpected {raw[rest : rest + 1]!r} at offset {rest}")
     document = _Document(raw, scanner.closing)
     return Value(document, top_start, _value_end(document, top_start))
 
@@ -348,7 +350,7 @@ class _Scanner:
             self._close(end)
         else:
             token = self.raw[start:end][:16]
-            raise ValueError(f"invalid JSON: unexpected {token!r} at offset {start}")
+            raise FormatError(f"invalid JSON: unexpected {token!r} at offset {start}")
 
     def _in_object(self) -> bool:
         return self.raw[self.stack[-1]] == ord("{")

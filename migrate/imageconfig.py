@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from migrate import gojson
 from migrate.digest import DiffID, DigestError
+from migrate.errors import FormatError
 from migrate.gojson import Value, encode_string
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -59,7 +60,7 @@ class HistoryItem:
             ValueError: ``created`` has a year Go refuses to marshal (outside 0000-9999).
         """
         if not _marshallable(self.created):
-            raise ValueError(f"created time {self.created} is outside the years 0000-9999")
+            raise FormatError(f"created time {self.created} is outside the years 0000-9999")
         parts = [b'"created":"' + self.created.encode() + b'"']
         for name, text in (
             ("author", self.author),
@@ -136,7 +137,7 @@ def parse_config(raw_config: bytes) -> tuple[list[DiffID], list[HistoryItem]]:
     """
     fields = gojson.split_object(raw_config)
     if "rootfs" not in fields:
-        raise ValueError("config has no rootfs")
+        raise FormatError("config has no rootfs")
     diff_ids = _parse_rootfs(gojson.parse(fields["rootfs"]))
     history_raw = fields.get("history", b"null")
     history = _parse_history(gojson.parse(history_raw))
@@ -260,7 +261,7 @@ def _decode_v1image(raw: bytes) -> _V1Image:
     if top.kind == "null":
         return image  # Go leaves the struct as it is, without error
     if top.kind != "object":
-        raise ValueError(f"image JSON is {_article(top.kind)}, not an object")
+        raise FormatError(f"image JSON is {_article(top.kind)}, not an object")
     for key, value in top.members():
         _decode_image_member(image, fold_key(key), value)
     return image
@@ -328,7 +329,7 @@ def _decode_int64(old: int, value: Value) -> int:
         raise _type_error("Size", "an integer", value)
     number = int(value.raw)
     if not _INT64_MIN <= number <= _INT64_MAX:
-        raise ValueError(f"Size: {value.raw.decode()} does not fit in 64 bits")
+        raise FormatError(f"Size: {value.raw.decode()} does not fit in 64 bits")
     return number
 
 
@@ -385,8 +386,8 @@ def _decode_strslice(value: Value, path: str) -> list[str] | None:
     raise _type_error(path, _Kind.STR_SLICE.value, value)
 
 
-def _type_error(path: str, expected: str, value: Value) -> ValueError:
-    return ValueError(f"{path}: expected {expected}, found {_article(value.kind)}")
+def _type_error(path: str, expected: str, value: Value) -> FormatError:
+    return FormatError(f"{path}: expected {expected}, found {_article(value.kind)}")
 
 
 def _article(kind: str) -> str:
@@ -397,7 +398,7 @@ def _digest_hex(digest: str) -> str:
     """The part after the first colon, as distribution's ``Digest.Hex`` returns it."""
     if ":" not in digest:
         # NOTE: Docker 1.10 panicked here and the daemon died; failing the image is our choice.
-        raise ValueError(f"parent_id {digest!r} has no algorithm prefix")
+        raise FormatError(f"parent_id {digest!r} has no algorithm prefix")
     return digest.split(":", 1)[1]
 
 
@@ -426,14 +427,14 @@ def _parse_go_time(value: Value) -> str:
     """``time.Time.UnmarshalJSON`` of Go 1.5 on the raw token, rendered as RFC3339Nano."""
     match = _TIME_RE.fullmatch(value.raw)
     if match is None:
-        raise ValueError(f"created: {_shorten(value.raw)} is not an RFC 3339 time")
+        raise FormatError(f"created: {_shorten(value.raw)} is not an RFC 3339 time")
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction, sign, zone_hours, zone_minutes = match.group(7, 8, 9, 10)
     if not (1 <= month <= 12 and day <= 31 and hour <= 23 and minute <= 59 and second <= 59):
-        raise ValueError(f"created: {_shorten(value.raw)} has a field out of range")
+        raise FormatError(f"created: {_shorten(value.raw)} has a field out of range")
     nanos = _nanoseconds(fraction)
     if nanos is None:
-        raise ValueError(f"created: {_shorten(value.raw)} has a fractional second out of range")
+        raise FormatError(f"created: {_shorten(value.raw)} has a fractional second out of range")
     offset = 0
     if sign is not None:
         offset = int(zone_hours) * 60 + int(zone_minutes)
@@ -500,7 +501,7 @@ def _shorten(raw: bytes) -> str:
 def _v1image_fields(image: _V1Image) -> dict[str, bytes]:
     """The top-level members ``json.Marshal(V1Image)`` writes, as raw values."""
     if not _marshallable(image.created):
-        raise ValueError(f"created time {image.created} is outside the years 0000-9999")
+        raise FormatError(f"created time {image.created} is outside the years 0000-9999")
     strings = image.strings
     fields: dict[str, bytes] = {}
     for name in ("id", "parent", "comment", "container", "docker_version", "author"):
@@ -590,7 +591,7 @@ def _parse_rootfs(rootfs: Value) -> list[DiffID]:
         try:
             result.append(DiffID.parse(element.text()))
         except DigestError as exc:
-            raise ValueError(f"rootfs.diff_ids: {exc}") from None
+            raise FormatError(f"rootfs.diff_ids: {exc}") from None
     return result
 
 

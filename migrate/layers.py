@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from migrate import archive, tarsplit
 from migrate.confine import ConfinedRoot
@@ -17,10 +17,11 @@ from migrate.errors import (
     IntegrityCheckError,
     LayerContentError,
     MigrateError,
+    TargetError,
     TarSplitError,
 )
 from migrate.faults import checkpoint
-from migrate.legacy import LegacyRoot
+from migrate.legacy import LegacyRoot, NotRegularError, open_regular
 
 TAR_SPLIT = "tar-split"
 REGENERATED = "regenerated"
@@ -59,24 +60,46 @@ class _MissingLayer:
     still replays without its directory, as it did in Docker.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, fault: str) -> None:
+        self.fault = fault
 
     def open(self, name: bytes) -> BinaryIO:
-        raise TarSplitError(f"layer directory {self.path} is missing (needed for {name!r})")
+        raise _NoLayerDirectory(self.fault)
 
     def close(self) -> None:
         pass
 
 
+class _NoLayerDirectory(TarSplitError):
+    """Replay needed a file of a layer whose directory is missing or refused."""
+
+
+class _TargetFile:
+    """The regenerated tar-split's temporary file; a failed write stops the whole run."""
+
+    def __init__(self, raw: BinaryIO, shown: str) -> None:
+        self._raw = raw
+        self._shown = shown
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._raw.write(data)
+        except OSError as exc:
+            raise TargetError(self._shown, exc.strerror or str(exc)) from exc
+
+
 def _replay(
     legacy: LegacyRoot, v1_id: str, tar_split: str, write: tarsplit.Write | None = None
 ) -> tarsplit.Assembly:
-    files_dir = legacy.layer_files(v1_id)
-    files: ConfinedRoot | _MissingLayer
-    files = ConfinedRoot(files_dir) if os.path.isdir(files_dir) else _MissingLayer(files_dir)
     try:
-        with open(tar_split, "rb") as stream:
+        stream = open_regular(tar_split)
+    except NotRegularError as exc:
+        raise TarSplitError(f"{os.path.basename(tar_split)} {exc.strerror}") from None
+    fault = legacy.layer_dir_fault(v1_id)
+    files: ConfinedRoot | _MissingLayer
+    files = _MissingLayer(fault) if fault else ConfinedRoot(legacy.layer_files(v1_id))
+    try:
+        with stream:
             return tarsplit.assemble(stream, files, write)
     finally:
         files.close()
@@ -105,23 +128,23 @@ def stream_layer(legacy: LegacyRoot, result: LayerResult, write: tarsplit.Write)
 
 def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
     layer_dir = legacy.layer_files(job.v1_id)
-    if not os.path.isdir(layer_dir):
-        raise MigrateError(f"layer directory {layer_dir} is missing")
     tmp = f"{job.regenerated_path}.{os.getpid()}.tmp"
+    shown = os.path.relpath(job.regenerated_path, legacy.root)
     try:
-        with open(tmp, "wb") as out:
+        with open(tmp, "wb") as raw:
+            out = cast(BinaryIO, _TargetFile(raw, shown))
             if legacy.driver == "aufs":
                 assembly = archive.regenerate_aufs(layer_dir, out)
             else:
                 parent = legacy.layer_files(job.parent_v1_id) if job.parent_v1_id else None
-                if parent is not None and not os.path.isdir(parent):
-                    raise MigrateError(f"parent layer directory {parent} is missing")
                 assembly = archive.regenerate_naive(layer_dir, parent, out)
-            out.flush()
-            os.fsync(out.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         checkpoint("layer-regenerated")
         os.rename(tmp, job.regenerated_path)
         _fsync_dir(os.path.dirname(job.regenerated_path))  # the ledger records it next
+    except OSError as exc:
+        raise TargetError(shown, exc.strerror or str(exc)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -136,8 +159,22 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _regeneration_fault(legacy: LegacyRoot, job: LayerJob) -> str | None:
+    """Why the layer's directories cannot be archived (refused or missing), or None."""
+    fault = legacy.layer_dir_fault(job.v1_id)
+    if fault is None and legacy.driver != "aufs" and job.parent_v1_id:
+        parent_fault = legacy.layer_dir_fault(job.parent_v1_id)
+        fault = f"parent {parent_fault}" if parent_fault else None
+    return fault
+
+
 def hash_layer(job: LayerJob) -> LayerResult:
-    """Identify one layer's content; raise MigrateError when neither way works."""
+    """Identify one layer's content: replay its tar-split, else regenerate its tar.
+
+    Raises:
+        LayerContentError: neither works; the message names the cause of each failure.
+        TargetError: the regenerated tar-split could not be written; the run must stop.
+    """
     legacy = LegacyRoot(job.root, job.driver)
     started = time.monotonic()
     integrity_failed = False
@@ -146,16 +183,21 @@ def hash_layer(job: LayerJob) -> LayerResult:
         source, path, note = TAR_SPLIT, legacy.tar_data(job.v1_id), ""
     except FileNotFoundError:
         note = "no tar-split recorded"
+    except _NoLayerDirectory as exc:
+        raise LayerContentError(str(exc)) from None  # nothing to regenerate from either
     except (MigrateError, OSError) as exc:
-        note = str(exc)
+        note = _shown_error(exc)
         integrity_failed = isinstance(exc, IntegrityCheckError)
     if note:
+        fault = _regeneration_fault(legacy, job)
+        if fault is not None:
+            raise LayerContentError(f"{note}; cannot regenerate: {fault}")
         try:
             assembly = _regenerate(legacy, job)
-        except OSError as exc:
-            raise MigrateError(f"layer {job.v1_id}: {note}; regeneration failed: {exc}") from exc
+        except TargetError:
+            raise
         except MigrateError as exc:
-            raise MigrateError(f"layer {job.v1_id}: {note}; regeneration failed: {exc}") from exc
+            raise LayerContentError(f"{note}; regeneration failed: {exc}") from None
         source, path = REGENERATED, job.regenerated_path
     seconds = time.monotonic() - started
     return LayerResult(
@@ -169,3 +211,9 @@ def hash_layer(job: LayerJob) -> LayerResult:
         note,
         integrity_failed,
     )
+
+
+def _shown_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"reading tar-data.json.gz: {exc.strerror}"
+    return str(exc)

@@ -6,8 +6,11 @@ This is the only module that knows the old layout (``graph/<v1 id>/``, ``reposit
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from migrate.digest import is_v1_id
 from migrate.errors import LegacyDataError, UsageError
@@ -45,17 +48,62 @@ def check_driver(root: str, driver: str) -> None:
 
 
 def read_small(path: str, subject: str) -> bytes:
-    """Read a legacy metadata file whole, refusing anything implausibly large."""
+    """Read a legacy metadata file whole, refusing anything implausibly large.
+
+    The file must be a regular file, not a symlink: a legacy root is untrusted input, and a
+    planted link or fifo must neither lead the read outside the root nor make it wait.
+    """
+    name = os.path.basename(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_METADATA_BYTES + 1)
+        fh = open_regular(path)
     except FileNotFoundError:
-        raise LegacyDataError(subject, f"{os.path.basename(path)} is missing") from None
+        raise LegacyDataError(subject, f"{name} is missing") from None
+    except NotRegularError as exc:
+        raise LegacyDataError(subject, f"{name} {exc.strerror}") from None
     except OSError as exc:
-        raise LegacyDataError(subject, f"cannot read {path}: {exc.strerror}") from exc
-    if len(data) > MAX_METADATA_BYTES:
-        raise LegacyDataError(subject, f"{path} is larger than {MAX_METADATA_BYTES} bytes")
+        raise LegacyDataError(subject, f"cannot read {name}: {exc.strerror}") from None
+    with fh:
+        if os.fstat(fh.fileno()).st_size > MAX_METADATA_BYTES:
+            raise LegacyDataError(subject, f"{name} is larger than the {_LIMIT_SHOWN} limit")
+        try:
+            data = fh.read(MAX_METADATA_BYTES + 1)
+        except OSError as exc:
+            raise LegacyDataError(subject, f"cannot read {name}: {exc.strerror}") from None
+    if len(data) > MAX_METADATA_BYTES:  # it grew while we read it
+        raise LegacyDataError(subject, f"{name} is larger than the {_LIMIT_SHOWN} limit")
     return data
+
+
+_LIMIT_SHOWN = f"{MAX_METADATA_BYTES >> 20} MiB"
+# O_NONBLOCK: opening a fifo must not wait for a writer; fstat refuses it right after.
+_LEAF_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+class NotRegularError(OSError):
+    """A legacy file is a symlink, a directory or a special file; its text says which."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open the regular file ``path`` for reading without following a symlink at its end.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        NotRegularError: a symlink, directory, fifo, socket or device is there.
+        OSError: it cannot be opened.
+    """
+    try:
+        fd = os.open(path, _LEAF_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularError(exc.errno, "is a symbolic link") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise NotRegularError(errno.EINVAL, f"is {kind}")
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +160,29 @@ class LegacyRoot:
             "btrfs": os.path.join(base, "subvolumes", graph_id),
         }[self.driver]
 
+    def layer_dir_fault(self, graph_id: str) -> str | None:
+        """Why layer ``graph_id``'s directory cannot be read, or None when it is a directory.
+
+        The driver's own directories are trusted (operators move them with symlinks); from
+        the layer's directory down, a symlink is refused, so it cannot lead outside the root.
+        """
+        base = os.path.join(self.root, self.driver)
+        path = self.layer_files(graph_id)
+        parts = os.path.relpath(path, base).split(os.sep)
+        for depth in range(2 if self.driver in ("aufs", "vfs", "btrfs") else 1, len(parts) + 1):
+            shown = os.path.join(self.driver, *parts[:depth])
+            try:
+                mode = os.lstat(os.path.join(base, *parts[:depth])).st_mode
+            except FileNotFoundError:
+                return f"layer directory {shown} is missing"
+            except OSError as exc:
+                return f"cannot read layer directory {shown}: {exc.strerror}"
+            if stat.S_ISLNK(mode):
+                return f"layer directory {shown} is a symbolic link"
+            if not stat.S_ISDIR(mode):
+                return f"layer directory {shown} is not a directory"
+        return None
+
     def has_layer(self, graph_id: str) -> bool:
         """Whether the driver holds a layer (or container layer) named ``graph_id``."""
         base = os.path.join(self.root, self.driver)
@@ -127,7 +198,7 @@ class LegacyRoot:
     def layer_size_hint(self, v1_id: str) -> int:
         """A cheap estimate of a layer's content size, to hash the largest layers first."""
         try:
-            with open(os.path.join(self.image_dir(v1_id), "layersize"), "rb") as fh:
+            with open_regular(os.path.join(self.image_dir(v1_id), "layersize")) as fh:
                 return int(fh.read(32).strip() or b"0")
         except (OSError, ValueError):
             return 0

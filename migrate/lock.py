@@ -29,6 +29,13 @@ class RootLock:
         self._fd: int | None = None
 
     def __enter__(self) -> RootLock:
+        try:
+            return self._take()
+        except OSError as exc:
+            # A read-only or full root: say so in one line, before anything else is written.
+            raise MigrateError(f"{self.path}: cannot take the lock: {exc.strerror}") from exc
+
+    def _take(self) -> RootLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -44,9 +51,13 @@ class RootLock:
             if _same_file(fd, self.path):
                 break
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            raise
         self._fd = fd
         return self
 

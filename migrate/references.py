@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from migrate import gojson
 from migrate.digest import DigestError, ImageID, is_v1_id
 from migrate.distribution import parse_go_digest
+from migrate.errors import FormatError
 from migrate.gojson import Value, encode_string
 from migrate.imageconfig import fold_key
 
@@ -57,11 +58,11 @@ def normalize_name(name: str) -> str:
     """
     normalised = _strip_default_host(name)
     if is_v1_id(normalised):
-        raise ValueError(f"invalid repository name {name!r}: it looks like an image ID")
+        raise FormatError(f"invalid repository name {name!r}: it looks like an image ID")
     if len(normalised.encode("utf-8", "surrogatepass")) > NAME_MAX_LENGTH:
-        raise ValueError(f"invalid repository name {name!r}: longer than {NAME_MAX_LENGTH}")
+        raise FormatError(f"invalid repository name {name!r}: longer than {NAME_MAX_LENGTH}")
     if _NAME_RE.fullmatch(normalised) is None:
-        raise ValueError(f"invalid repository name {name!r}")
+        raise FormatError(f"invalid repository name {name!r}")
     return normalised
 
 
@@ -118,11 +119,11 @@ def _reference(legacy_name: str, tag: str) -> tuple[str, str]:
     """The normalised name and full reference for one legacy entry; ValueError when invalid."""
     name = normalize_name(legacy_name)
     if name == _AMBIGUOUS_NAME:
-        raise ValueError(f"repository name {name!r} is ambiguous with a digest algorithm")
+        raise FormatError(f"repository name {name!r} is ambiguous with a digest algorithm")
     if parse_go_digest(tag) is not None:
         return name, f"{name}@{tag}"
     if _TAG_RE.fullmatch(tag) is None:
-        raise ValueError(f"invalid tag {tag!r}")
+        raise FormatError(f"invalid tag {tag!r}")
     return name, f"{name}:{tag}"
 
 
@@ -152,7 +153,7 @@ def parse_repositories_json(raw: bytes) -> dict[str, dict[str, ImageID]]:
             for name, repository in repositories.items()
         }
     except DigestError as exc:
-        raise ValueError(str(exc)) from None
+        raise FormatError(str(exc)) from None
 
 
 def _decode_repositories(top: Value) -> dict[str, dict[str, str]]:
@@ -164,7 +165,7 @@ def _decode_repositories(top: Value) -> dict[str, dict[str, str]]:
     if top.kind == "null":
         return {}
     if top.kind != "object":
-        raise ValueError(f"expected a JSON object, found {top.kind}")
+        raise FormatError(f"expected a JSON object, found {top.kind}")
     result: dict[str, dict[str, str]] = {}
     for key, value in top.members():
         if fold_key(key) != "repositories":
@@ -172,7 +173,7 @@ def _decode_repositories(top: Value) -> dict[str, dict[str, str]]:
         if value.kind == "null":
             result = {}
         elif value.kind != "object":
-            raise ValueError(f"Repositories: expected an object, found {value.kind}")
+            raise FormatError(f"Repositories: expected an object, found {value.kind}")
         else:
             for name, repository in value.members():
                 result[name] = _decode_repository(name, repository)
@@ -183,11 +184,11 @@ def _decode_repository(name: str, repository: Value) -> dict[str, str]:
     if repository.kind == "null":
         return {}
     if repository.kind != "object":
-        raise ValueError(f"repository {name!r}: expected an object, found {repository.kind}")
+        raise FormatError(f"repository {name!r}: expected an object, found {repository.kind}")
     tags: dict[str, str] = {}
     for tag, value in repository.members():
         if value.kind not in ("string", "null"):
-            raise ValueError(f"repository {name!r} tag {tag!r}: expected a string")
+            raise FormatError(f"repository {name!r} tag {tag!r}: expected a string")
         tags[tag] = value.text() if value.kind == "string" else ""
     return tags
 

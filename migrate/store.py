@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
+from migrate.errors import TargetError
 from migrate.faults import checkpoint
 
 DIR_MODE = 0o700
@@ -128,6 +129,8 @@ class RealTarget:
             os.chmod(full, mode)  # mkdir is subject to the umask; the layout's modes are not
         except FileExistsError:
             pass
+        except OSError as exc:
+            raise TargetError(path, exc.strerror or str(exc)) from exc
 
     def write(self, path: str, data: bytes, mode: int) -> None:
         full = self._abs(path)
@@ -145,7 +148,20 @@ class RealTarget:
 
     @contextmanager
     def _temporary(self, path: str, mode: int) -> Iterator[BinaryIO]:
-        """A temporary file beside ``path`` that replaces it on success, atomically."""
+        """A temporary file beside ``path`` that replaces it on success, atomically.
+
+        Raises:
+            TargetError: the file could not be written (a full disk, a read-only file system);
+                nothing is left under ``path``'s name or beside it.
+        """
+        try:
+            with self._temporary_file(path, mode) as tmp:
+                yield tmp
+        except OSError as exc:
+            raise TargetError(path, exc.strerror or str(exc)) from exc
+
+    @contextmanager
+    def _temporary_file(self, path: str, mode: int) -> Iterator[BinaryIO]:
         full = self._abs(path)
         directory, base = os.path.split(full)
         fd, tmp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
@@ -182,8 +198,11 @@ class RealTarget:
         shutil.rmtree(self._abs(path), ignore_errors=True)
 
     def rename_dir(self, source: str, dest: str) -> None:
-        os.rename(self._abs(source), self._abs(dest))
-        _fsync_dir(os.path.dirname(self._abs(dest)))
+        try:
+            os.rename(self._abs(source), self._abs(dest))
+            _fsync_dir(os.path.dirname(self._abs(dest)))
+        except OSError as exc:
+            raise TargetError(dest, exc.strerror or str(exc)) from exc
 
     def discard_leftovers(self, path: str, *, bases: tuple[str, ...] | None = None) -> list[str]:
         removed: list[str] = []

@@ -199,7 +199,9 @@ def _may_continue(error: json.JSONDecodeError, length: int) -> bool:
 
 
 def _json_fault(error: json.JSONDecodeError) -> str:
-    return f"tar-split stream is not valid JSON: {error.msg} at line {error.lineno}"
+    # Some of Python's messages end in " at", expecting the position to follow.
+    message = error.msg.removesuffix(" at")
+    return f"tar-split stream is not valid JSON: {message} at line {error.lineno}"
 
 
 def _record(index: int, value: Any) -> tuple[int, bytes, int, bytes | None]:
