@@ -424,6 +424,11 @@ class Migration:
         if parent is not None:
             self.target.write(f"{staging}/parent", str(parent).encode(), 0o644)
         self.target.copy(f"{staging}/tar-split.json.gz", layer.tar_split_path, 0o644)
+        if self.target.exists(final):
+            # An entry without its diff is broken (a file of it was deleted) and Docker would not
+            # load it; the complete one staged here takes its place.
+            log.warning("replaced incomplete layer entry %s", chain)
+            self.target.remove_tree(final)
         self.target.rename_dir(staging, final)
         checkpoint("layer-registered")
         self._layer_registered(v1_id, chain, final)

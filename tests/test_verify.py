@@ -96,6 +96,19 @@ def test_a_deleted_layerdb_file_is_named_with_what_depends_on_it(migrated: Migra
     )
 
 
+def test_a_second_run_mends_a_layer_entry_that_lost_a_file(
+    migrated: Migrated, tmp_path: Path
+) -> None:
+    entry = migrated.store / "layerdb" / "sha256" / migrated.chains["tools"].hex
+    before = {p.name: (p.read_bytes(), p.stat().st_mode) for p in entry.iterdir()}
+    (entry / "diff").unlink()
+
+    result = CliRunner().invoke(app, run_args(migrated.host.root, tmp_path / "ledger.db"))
+    assert result.exit_code == 0, result.stderr
+    assert {p.name: (p.read_bytes(), p.stat().st_mode) for p in entry.iterdir()} == before
+    assert verify(migrated)[0] == 0
+
+
 def test_an_edited_config_is_named_with_the_hash_it_now_has(migrated: Migrated) -> None:
     image = migrated.image_ids["web-env"]
     config = migrated.store / "imagedb" / "content" / "sha256" / image
