@@ -315,9 +315,16 @@ def _scan(raw: bytes, *, first_only: bool, pieces: list[bytes] | None) -> Value:
     if scanner.state != _DONE and rest == len(raw):
         raise FormatError("invalid JSON: unexpected end of input")
     if scanner.state != _DONE or (not first_only and rest != len(raw)):
-        raise FormatError(f"invalid JSON: unexpected {raw[rest : rest + 1]!r} at offset {rest}")
+        raise FormatError(
+            f"invalid JSON: unexpected {_shown(raw[rest : rest + 1])} at offset {rest}"
+        )
     document = _Document(raw, scanner.closing)
     return Value(document, top_start, _value_end(document, top_start))
+
+
+def _shown(token: bytes) -> str:
+    """``token`` quoted for a one-line message, as text rather than as Python bytes."""
+    return repr(token.decode("utf-8", "backslashreplace"))
 
 
 class _Scanner:
@@ -350,7 +357,7 @@ class _Scanner:
             self._close(end)
         else:
             token = self.raw[start:end][:16]
-            raise FormatError(f"invalid JSON: unexpected {token!r} at offset {start}")
+            raise FormatError(f"invalid JSON: unexpected {_shown(token)} at offset {start}")
 
     def _in_object(self) -> bool:
         return self.raw[self.stack[-1]] == ord("{")

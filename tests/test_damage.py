@@ -99,7 +99,7 @@ EXPECTED: dict[str, Callable[[Host], Outcome]] = {
             "damaged-child": _not_migrated(host, "damaged"),
         },
     ),
-    "corrupt-json": _skips_damaged(lambda _: "json: invalid JSON: unexpected b'\"' at offset 518"),
+    "corrupt-json": _skips_damaged(lambda _: "json: invalid JSON: unexpected '\"' at offset 518"),
     "huge-json": _skips_damaged(lambda _: "json is larger than the 16 MiB limit"),
     "unreadable-json": _skips_damaged(lambda _: "cannot read json: Permission denied"),
     "unreadable-layer-file": _unreadable_layer_file,
@@ -125,7 +125,7 @@ EXPECTED: dict[str, Callable[[Host], Outcome]] = {
     "corrupt-repositories": lambda _: Outcome(
         EXIT_SKIPPED,
         problems=[
-            "repositories-aufs: invalid JSON: unexpected b'\"' at offset 246; tags not migrated"
+            "repositories-aufs: invalid JSON: unexpected '\"' at offset 246; tags not migrated"
         ],
         tags_migrated=False,
     ),
