@@ -151,7 +151,11 @@ class NoProgress:
 
 
 class Migration:
-    """One migration of a legacy root into ``target``."""
+    """One migration of a legacy root into ``target``.
+
+    Skips, regenerations and problems are logged at INFO as they happen (``-v``); the report,
+    which the CLI prints as its summary, is where users read them.
+    """
 
     def __init__(
         self,
@@ -320,14 +324,14 @@ class Migration:
             self.report.bytes_hashed += result.bytes_hashed
             self.progress.layer_hashed(result)
         if result.note:
-            log.warning("layer %s regenerated: %s", job.v1_id, result.note)
+            log.info("regenerated layer %s: %s", job.v1_id, result.note)
 
     # -- images -----------------------------------------------------------------------------
 
     def _skip(self, v1_id: str, reason: str) -> None:
         report = self.report.images.setdefault(v1_id, ImageReport(v1_id))
         report.status, report.reason = SKIPPED, reason
-        log.warning("skipped image %s: %s", v1_id, reason)
+        log.info("skipped image %s: %s", v1_id, reason)
         self.cache.image_done(report)
         self.progress.image_done(report)
 
@@ -479,7 +483,7 @@ class Migration:
             status, reason = self._migrate_container(container_id)
             self.report.containers.append(ContainerReport(container_id, status, reason))
             if status != MIGRATED:
-                log.warning("skipped container %s: %s", container_id, reason)
+                log.info("skipped container %s: %s", container_id, reason)
 
     def _migrate_container(self, container_id: str) -> tuple[str, str]:
         v2_path = f"containers/{container_id}/config.v2.json"
@@ -534,7 +538,7 @@ class Migration:
             if isinstance(exc, LegacyDataError):
                 problem = f"{exc}; tags not migrated"
             self.report.problems.append(problem)
-            log.warning("%s", problem)
+            log.info("%s", problem)
             return
         refs = self._existing_references()
         for name, tags in outcome.references.items():

@@ -24,6 +24,8 @@ MAX_METADATA_BYTES = 16 << 20
 
 def detect_driver(root: str) -> str:
     """The storage driver of ``root``: the one known driver directory that exists."""
+    if not os.path.isdir(root):
+        raise UsageError(f"{root}: no such directory")
     present = [name for name in KNOWN_DRIVERS if os.path.isdir(os.path.join(root, name))]
     if not present:
         raise UsageError(f"{root}: no storage driver directory found ({', '.join(KNOWN_DRIVERS)})")
