@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Collection, Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -165,8 +165,11 @@ class Migration:
         jobs: int = 1,
         cache: LayerCache | None = None,
         progress: Progress | None = None,
+        scope: Collection[str] | None = None,
     ) -> None:
+        """``scope``, when given, limits the run to those v1 IDs and their ancestors."""
         self.legacy = legacy
+        self.scope = scope
         self.target = target
         self.jobs = max(1, jobs)
         self.cache = cache or NoCache()
@@ -187,6 +190,8 @@ class Migration:
         self._discard_leftovers()
         self._create_dirs()
         ids = self._scan()
+        if self.scope is not None:
+            ids = self._within_scope(ids)
         self._hash_layers(self._layers_needed(ids))
         for v1_id in ids:
             self._migrate_image(v1_id, [])
@@ -232,6 +237,15 @@ class Migration:
             self._images[v1_id] = image
             self._parents[v1_id] = self.legacy.parent_file(v1_id) or image.parent
         return ids
+
+    def _within_scope(self, ids: list[str]) -> list[str]:
+        """The images of ``ids`` in the scope or below it; the others leave the report."""
+        scope = self.scope or ()
+        kept = {ancestor for v1_id in scope if v1_id in ids for ancestor in self._chain(v1_id)}
+        for v1_id in ids:
+            if v1_id not in kept:
+                del self.report.images[v1_id]
+        return [v1_id for v1_id in ids if v1_id in kept]
 
     def _read_image(self, v1_id: str) -> LegacyImage:
         raw = self.legacy.image_json(v1_id)

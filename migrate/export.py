@@ -34,8 +34,8 @@ from migrate.faults import checkpoint
 from migrate.gzipstream import GzipWriter
 from migrate.imageconfig import parse_config, parse_legacy_image
 from migrate.layers import LayerResult, stream_layer
-from migrate.legacy import LegacyRoot
-from migrate.references import normalize_name
+from migrate.legacy import LegacyRoot, read_small
+from migrate.references import legacy_tags, normalize_name
 from migrate.store import DryRunTarget, RealTarget
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ class ExportReport:
     """(the name as requested, why it cannot be exported)."""
     layers_written: int = 0
     bytes_written: int = 0
+    bytes_hashed: int = 0
+    """Layer bytes the plan hashed: the layers of the requested images, or of the whole root
+    when a name could only be resolved by planning everything."""
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -97,18 +100,53 @@ class _Plan:
 
 
 @contextmanager
-def _planned(legacy: LegacyRoot, jobs: int) -> Iterator[_Plan]:
-    """The dry-run migration of ``legacy``; its scratch files live until the block ends."""
+def _planned(legacy: LegacyRoot, jobs: int, names: Sequence[str]) -> Iterator[_Plan]:
+    """The dry-run migration of what ``names`` need from ``legacy`` (all of it when they cannot
+    be told apart from legacy data alone); its scratch files live until the block ends."""
     target = DryRunTarget(legacy.root, see_root=False)
     collect = _Collect()
+    scope = _scope(legacy, names)
     try:
-        report = Migration(legacy, target, jobs=jobs, progress=collect).run()
+        migration = Migration(legacy, target, jobs=jobs, progress=collect, scope=scope)
+        report = migration.run()
         yield _Plan(legacy, report, collect.layers, target)
     finally:
         target.close()
 
 
 # --- naming the images --------------------------------------------------------------------------
+
+
+def _scope(legacy: LegacyRoot, names: Sequence[str]) -> set[str] | None:
+    """The v1 IDs ``names`` may designate, as far as legacy data alone tells; None when it
+    cannot (a name that may be a new image ID or an ID prefix), and all must be planned.
+
+    A reference takes every legacy entry that normalises to it, so that a collision between
+    legacy names is settled in the plan exactly as a whole migration settles it.
+    """
+    ids, _ = legacy.image_ids()
+    known = set(ids)
+    try:
+        raw = read_small(legacy.repositories(), os.path.basename(legacy.repositories()))
+        tags = legacy_tags(raw)
+    except (LegacyDataError, ValueError):
+        tags = {}
+    entries = [
+        (_reference(f"{name}{'@' if ':' in tag else ':'}{tag}"), v1_id)
+        for name, by_tag in tags.items()
+        for tag, v1_id in by_tag.items()
+    ]
+    scope: set[str] = set()
+    for name in names:
+        if name.removeprefix("sha256:") in known:
+            scope.add(name.removeprefix("sha256:"))
+            continue
+        reference = _reference(name)
+        candidates = {v1_id for ref, v1_id in entries if ref is not None and ref == reference}
+        if not candidates:
+            return None
+        scope |= candidates
+    return scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,11 +601,12 @@ def export_images(
     if not names:
         raise UsageError("name at least one image to export")
     report = ExportReport()
-    # TODO(#8): every layer is read twice, once by the plan for its diff ID and once to write
-    # it; the ledger of an earlier run, or the writing pass itself for an OCI layout, could
-    # supply the diff ID and halve the reads of a large root.
-    with _planned(legacy, jobs) as plan:
+    # TODO(#8): every exported layer is read twice, once by the plan for its diff ID and once
+    # to write it; the ledger of an earlier run, or the writing pass itself for an OCI layout,
+    # could supply the diff ID and halve the reads.
+    with _planned(legacy, jobs, names) as plan:
         images, report.skipped = plan_images(plan, names)
+        report.bytes_hashed = plan.report.bytes_hashed
         for name, why in report.skipped:
             log.warning("cannot export %s: %s", name, why)
         if not images:

@@ -156,6 +156,15 @@ def parse_repositories_json(raw: bytes) -> dict[str, dict[str, ImageID]]:
         raise FormatError(str(exc)) from None
 
 
+def legacy_tags(raw_repositories: bytes) -> dict[str, dict[str, str]]:
+    """A legacy tag file as Docker 1.10 decoded it: name -> {tag or digest: v1 ID}.
+
+    Raises:
+        ValueError: the file is not what Docker 1.10 could decode.
+    """
+    return _decode_repositories(gojson.parse_first(raw_repositories))
+
+
 def _decode_repositories(top: Value) -> dict[str, dict[str, str]]:
     """Decode ``{"Repositories": {name: {key: value}}}`` with Go's struct and map rules.
 

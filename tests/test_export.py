@@ -514,6 +514,28 @@ def _ambiguous_prefix(host: Host, tmp_path: Path) -> str:
     raise AssertionError("no ambiguous prefix")
 
 
+def test_a_tag_or_v1_id_plans_only_that_images_layers(tmp_path: Path) -> None:
+    host = build_host(scenario("sample"), tmp_path / "root", driver="vfs")
+    legacy = api.open_root(str(host.root))
+    chain = [host.ids["base"], host.ids["busybox"]]
+    # The builder's own tar lengths of the busybox chain: what replaying it must hash.
+    expected = sum(host.images[v1_id].tar_length for v1_id in chain)
+
+    by_tag = api.export(legacy, ["busybox:latest"], oci=str(tmp_path / "a"))
+    by_v1_id = api.export(legacy, [host.ids["busybox"]], oci=str(tmp_path / "b"))
+    by_prefix = api.export(legacy, [host.ids["busybox"][:12]], oci=str(tmp_path / "c"))
+
+    assert by_tag.bytes_hashed == by_v1_id.bytes_hashed == expected
+    # A short prefix might name a new image ID too: the whole root is planned.
+    everything = sum(record.tar_length for record in host.images.values())
+    assert by_prefix.bytes_hashed == everything > expected
+    planned = [
+        [(image.image_id, [layer.diff_id for layer in image.layers]) for image in report.images]
+        for report in (by_tag, by_v1_id, by_prefix)
+    ]
+    assert planned[0] == planned[1] == planned[2]
+
+
 def test_unknown_or_ambiguous_names_exit_2_with_one_line(
     hosts: dict[tuple[str, str], Host], tmp_path: Path
 ) -> None:
@@ -767,7 +789,7 @@ def test_a_layer_changed_after_planning_fails_and_leaves_the_layout_alone(
     layout = tmp_path / "layout"
     api.export(legacy, ["busybox:latest"], oci=str(layout))
     before = _layout_files(layout)
-    with export._planned(legacy, 1) as plan:
+    with export._planned(legacy, 1, ["web:1.0"]) as plan:
         images, _ = export.plan_images(plan, ["web:1.0"])
         # The same size, other bytes: only the CRC in the tar-split stream can tell.
         changed = host.payload_root(host.ids["web-app"]) / "srv" / "www" / "index.html"
