@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
         args.size = args.size or parse_size("300M")
-        args.huge_size = args.huge_size or parse_size("1G")
+        args.huge_size = parse_size("1G") if args.huge_size is None else args.huge_size
         args.drivers = args.drivers or "aufs"
         args.results = args.results or args.out / "results-quick.md"
     args.size = args.size or parse_size("2G")
-    args.huge_size = args.huge_size or parse_size("4G")
+    args.huge_size = parse_size("4G") if args.huge_size is None else args.huge_size
     drivers = (args.drivers or "aufs,vfs").split(",")
     results = args.results or HERE / "results.md"
     cores = args.jobs or len(os.sched_getaffinity(0))

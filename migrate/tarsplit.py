@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import hashlib
+import itertools
 import json
+import os
 import posixpath
+import queue
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import fastcrc
 
@@ -117,14 +122,114 @@ def read_entries(compressed: BinaryIO) -> Iterator[Entry]:
 def _records(compressed: BinaryIO) -> Iterator[tuple[int, bytes, int, bytes | None]]:
     """The entries of ``compressed`` as plain tuples: the replay loop's cheaper diet.
 
-    JSON values are decoded one after another, the way Go's decoder reads them, so neither the
-    newline after each value nor its absence matters.
+    Lines in the exact forms tar-split writes are decoded by one regular expression each
+    (:data:`_PLAIN_ENTRY`); from the first line that is not, everything left goes through the
+    general JSON decoder, which gives the same result for every line the fast path accepts.
+    """
+    chunks = _inflate(compressed)
+    match = _PLAIN_ENTRY.match
+    a2b = binascii.a2b_base64
+    index = 0
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        view = memoryview(data)
+        end = data.rfind(b"\n") + 1
+        position = 0
+        while position < end:
+            newline = data.index(b"\n", position)
+            if data.startswith(_SEGMENT_START, position):
+                # Most bytes are segment payloads: find their end instead of matching them.
+                quote = data.find(b'"', position + len(_SEGMENT_START), newline)
+                if not _plain_position(data, quote, newline):
+                    break
+                try:
+                    payload = a2b(view[position + len(_SEGMENT_START) : quote], strict_mode=True)
+                except binascii.Error:
+                    break  # the general decoder names the fault
+                yield SEGMENT_ENTRY, b"", 0, payload
+                index += 1
+                position = newline + 1
+                continue
+
+            found = match(data, position, newline + 1)
+            record = None if found is None else _plain_record(index, *found.groups())
+            if record is None:
+                break
+            yield record
+            index += 1
+            position = newline + 1
+        if position < end:
+            yield from _decoded_records(itertools.chain((data[position:],), chunks), index)
+            return
+        rest = data[end:]
+        if len(rest) > _MAX_ENTRY_CHARS:
+            raise TarSplitError(f"tar-split entry exceeds {_MAX_ENTRY_CHARS} characters")
+    if rest:
+        yield from _decoded_records(iter((rest,)), index)
+
+
+# One entry as tar-split writes it (Go's encoding/json, fields in struct order, one per line):
+# a name without escapes or control characters, a decimal size, a base64 or null payload.
+_PLAIN_ENTRY = re.compile(
+    rb'\{"type":([12])(?:,"name":"([^"\\\x00-\x1f]*)")?(?:,"size":(0|[1-9][0-9]{0,18}))?'
+    rb',"payload":(?:"([A-Za-z0-9+/]*={0,2})"|null),"position":(?:0|[1-9][0-9]{0,18})\}\n'
+)
+
+
+def _plain_record(
+    index: int, kind: bytes, name: bytes | None, size_text: bytes | None, crc_text: bytes | None
+) -> tuple[int, bytes, int, bytes | None] | None:
+    """The entry of a line that matched _PLAIN_ENTRY; None if the general decoder must judge."""
+    size = int(size_text) if size_text else 0
+    if size > _INT64_MAX:
+        return None
+    try:
+        payload = binascii.a2b_base64(crc_text, strict_mode=True) if crc_text else crc_text
+    except binascii.Error:
+        return None
+    if kind == b"2":
+        return SEGMENT_ENTRY, b"", size, payload or b""
+    if name is None or name.isascii() or _is_utf8(name):
+        return FILE_ENTRY, name or b"", size, _file_crc(index, size, payload)
+    return None
+
+
+_SEGMENT_START = b'{"type":2,"payload":"'
+_POSITION = b'","position":'
+
+
+def _plain_position(data: bytes, quote: int, newline: int) -> bool:
+    """Whether ``data[quote:newline]`` is ``","position":<decimal>}`` as Go writes it."""
+    digits = data[quote + len(_POSITION) : newline - 1]
+    return (
+        quote > 0
+        and data.startswith(_POSITION, quote)
+        and data[newline - 1] == ord("}")
+        and digits.isdigit()
+        and (digits[:1] != b"0" or digits == b"0")
+    )
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decoded_records(
+    chunks: Iterator[bytes], index: int
+) -> Iterator[tuple[int, bytes, int, bytes | None]]:
+    """The entries in ``chunks`` (decompressed), decoded as JSON values one after another.
+
+    Values are decoded the way Go's decoder reads them, so neither the newline after each
+    value nor its absence matters; ``index`` numbers the first entry.
     """
     # Go's decoder turns invalid UTF-8 inside strings into U+FFFD; so does "replace".
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    chunks = _inflate(compressed)
     text = ""
-    index = 0
     final = False
     while not final:
         chunk = next(chunks, None)
@@ -278,6 +383,95 @@ class LayerFiles(Protocol):
         ...
 
 
+@runtime_checkable
+class LayerFileDescriptors(LayerFiles, Protocol):
+    """Layer files that can also be had as bare descriptors, which replay reads most cheaply."""
+
+    def open_fd(self, name: bytes) -> int:
+        """A descriptor of the regular file ``name`` for reading; the caller closes it."""
+        ...
+
+
+class TarDigest:
+    """The sha256 of a tar, fed in order, hashed in large batches on a helper thread (issue 7).
+
+    The caller copies bytes in with :meth:`add` or reads them straight into :meth:`space` and
+    then calls :meth:`advance`; each full batch goes to the helper thread, where hashing runs
+    without the GIL while the caller opens and reads the next files. Memory is a few fixed
+    batches. Call :meth:`hexdigest` once at the end, or :meth:`close` to abandon the digest;
+    both may be called after an error.
+    """
+
+    _BATCH = 1 << 20
+    _BATCHES = 3
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._batch = bytearray(self._BATCH)
+        self._view = memoryview(self._batch)
+        self._used = 0
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def add(self, data: bytes) -> None:
+        """Append ``data`` to the tar."""
+        end = self._used + len(data)
+        if end < self._BATCH:
+            self._batch[self._used : end] = data
+            self._used = end
+            return
+        view = memoryview(data)
+        while view:
+            space = self.space()
+            count = min(len(space), len(view))
+            space[:count] = view[:count]
+            self.advance(count)
+            view = view[count:]
+
+    def space(self) -> memoryview:
+        """Room for the next bytes of the tar: fill a prefix of it, then call advance()."""
+        return self._view[self._used :]
+
+    def advance(self, count: int) -> None:
+        """Take the first ``count`` bytes of the last space() into the tar."""
+        self._used += count
+        if self._used == self._BATCH:
+            self._hand_over()
+
+    def hexdigest(self) -> str:
+        """The sha256 of every byte added, in hex."""
+        self.close()
+        self._sha256.update(self._view[: self._used])
+        self._used = 0
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        """Wait until the helper thread has hashed every batch handed to it, and stop it."""
+        if self._thread is not None:
+            self._full.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _hand_over(self) -> None:
+        if self._thread is None:
+            for _ in range(self._BATCHES - 1):
+                self._free.put(bytearray(self._BATCH))
+            self._thread = threading.Thread(target=self._run, name="tar-sha256", daemon=True)
+            self._thread.start()
+        self._full.put((self._batch, self._used))
+        self._batch = self._free.get()
+        self._view = memoryview(self._batch)
+        self._used = 0
+
+    def _run(self) -> None:
+        update = self._sha256.update
+        while (work := self._full.get()) is not None:
+            batch, used = work
+            update(memoryview(batch)[:used])
+            self._free.put(batch)
+
+
 def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None) -> Assembly:
     """Rebuild the layer tar described by ``tar_split`` from ``files`` and measure it.
 
@@ -295,15 +489,30 @@ def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None)
             not match, or two file entries share a cleaned name. Bytes already passed to
             ``write`` then belong to a broken tar and must be thrown away.
     """
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
+    digest = TarDigest()
+    try:
+        size, length = _replay(tar_split, files, digest, write)
+        return Assembly(DiffID("sha256", digest.hexdigest()), size, length)
+    finally:
+        digest.close()
+
+
+def _replay(
+    tar_split: BinaryIO, files: LayerFiles, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Feed the whole tar to ``digest`` (and ``write``); return its entry sizes and length."""
+    read_file: Callable[[bytes, TarDigest, Write | None], tuple[int, int]]
+    if isinstance(files, LayerFileDescriptors):
+        read_file = functools.partial(_read_fd, files.open_fd)
+    else:
+        read_file = functools.partial(_read_file_object, files.open)
     seen: set[bytes] = set()
     size = length = 0
     for kind, name, entry_size, payload in _records(tar_split):
         size += entry_size
         if kind == SEGMENT_ENTRY:
             if payload:
-                digest.update(payload)
+                digest.add(payload)
                 if write is not None:
                     write(payload)
                 length += len(payload)
@@ -314,47 +523,64 @@ def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None)
             raise TarSplitError(f"duplicate path {quote_name(name)} in tar-split stream")
         seen.add(cleaned)
         if entry_size > 0:
-            length += _replay_file(files, name, payload, digest=digest, buffer=buffer, write=write)
-    return Assembly(DiffID("sha256", digest.hexdigest()), size, length)
+            crc, count = read_file(name, digest, write)
+            if crc.to_bytes(8, "big") != payload:
+                raise TarSplitError(f"file integrity checksum failed for {quote_name(name)}")
+            length += count
+    return size, length
 
 
-def _replay_file(
-    files: LayerFiles,
-    name: bytes,
-    expected_crc: bytes | None,
-    *,
-    digest: hashlib._Hash,
-    buffer: bytearray,
-    write: Write | None,
-) -> int:
-    """Stream the whole file ``name`` into the digest (and ``write``); return its length."""
-    view = memoryview(buffer)
+def _read_fd(
+    open_fd: Callable[[bytes], int], name: bytes, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Read the whole file ``name`` straight into ``digest``; its CRC-64 and length."""
+    try:
+        fd = open_fd(name)
+    except OSError as error:
+        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
+    readv = os.readv
     crc = length = 0
-    with _open_layer_file(files, name) as body:
-        readinto = getattr(body, "readinto", None)
+    try:
+        while True:
+            space = digest.space()
+            try:
+                count = readv(fd, (space,))
+            except OSError as error:
+                raise TarSplitError(f"reading layer file {quote_name(name)}: {error}") from None
+            if not count:
+                return crc, length
+            chunk = space[:count]
+            crc = _GO_ISO(chunk, crc)
+            if write is not None:
+                write(bytes(chunk))
+            digest.advance(count)
+            length += count
+    finally:
+        os.close(fd)
+
+
+def _read_file_object(
+    open_file: Callable[[bytes], BinaryIO], name: bytes, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Read the whole file ``name``, opened as a file object, into ``digest``."""
+    try:
+        body = open_file(name)
+    except OSError as error:
+        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
+    crc = length = 0
+    with body:
         while True:
             try:
-                chunk = view[: readinto(buffer) or 0] if readinto else body.read(_CHUNK)
+                chunk = body.read(_CHUNK)
             except OSError as error:
                 raise TarSplitError(f"reading layer file {quote_name(name)}: {error}") from None
             if not chunk:
-                break
+                return crc, length
             crc = _GO_ISO(chunk, crc)
-            digest.update(chunk)
+            digest.add(chunk)
             if write is not None:
-                write(bytes(chunk))
+                write(chunk)
             length += len(chunk)
-
-    if crc.to_bytes(8, "big") != expected_crc:
-        raise TarSplitError(f"file integrity checksum failed for {quote_name(name)}")
-    return length
-
-
-def _open_layer_file(files: LayerFiles, name: bytes) -> BinaryIO:
-    try:
-        return files.open(name)
-    except OSError as error:
-        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
 
 
 # --- recording ----------------------------------------------------------------------------------
