@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         cases = _root_cases(root, cores, not args.no_regeneration)
         _measure(cases, args.repeats, f"{driver} {_gb(root.tar_bytes)}")
         sections.append((driver, root, cases))
+    startup = ensure_root(args.out, "sample", drivers[0], None)
+    startup_cases = [
+        _run_case("run --jobs 1", startup, 1, "tar-split"),
+        _run_case("run --jobs N", startup, cores, "tar-split"),
+    ]
+    _measure(startup_cases, args.repeats, "start-up")
     memory = None
     if args.huge_size:
         huge = ensure_root(args.out, "huge-file", drivers[0], args.huge_size)
@@ -83,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         _measure(memory[1], 1, f"memory {_gb(huge.tar_bytes)}")
     load_after = load_average()
 
-    text = _render(machine, cores, args, sections, memory, (load_before, load_after))
+    loads = (load_before, load_after)
+    text = _render(machine, cores, args, sections, (startup, startup_cases), memory, loads)
     print(text)
     results.write_text(text)
     print(f"written to {results}")
@@ -217,6 +224,7 @@ def _render(
     cores: int,
     args: argparse.Namespace,
     sections: list[tuple[str, Root, list[Case]]],
+    startup: tuple[Root, list[Case]],
     memory: tuple[Root, list[Case]] | None,
     load: tuple[float, float],
 ) -> str:
@@ -240,6 +248,15 @@ def _render(
         lines += [f"## {driver}: {len(root.payloads)} layers, {_gb(root.tar_bytes)} of tar", ""]
         lines += _table(cases)
         checks += _checks(driver, cases)
+    root, cases = startup
+    lines += [
+        f"## start-up: the whole command on the small `sample` root ({_gb(root.tar_bytes)})",
+        "",
+        "What every run pays before and after hashing: interpreter, imports, option parsing,",
+        "the ledger, the report.",
+        "",
+        *_table(cases),
+    ]
     if memory is not None:
         root, cases = memory
         lines += [f"## memory: one layer holding a {_gb(root.tar_bytes)} file ({root.driver})", ""]

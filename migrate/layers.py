@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from migrate import archive, tarsplit
+from migrate import tarsplit
 from migrate.confine import ConfinedRoot
 from migrate.digest import DiffID
 from migrate.errors import MigrateError, TarSplitError
@@ -77,6 +77,9 @@ def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
     layer_dir = legacy.layer_files(job.v1_id)
     if not os.path.isdir(layer_dir):
         raise MigrateError(f"layer directory {layer_dir} is missing")
+    # Imported here: only layers without a usable tar-split need it (start-up, issue 7).
+    from migrate import archive  # noqa: PLC0415
+
     tmp = f"{job.regenerated_path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as out:

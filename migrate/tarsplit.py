@@ -414,8 +414,8 @@ class TarDigest:
         self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def add(self, data: bytes) -> None:
-        """Append ``data`` to the tar."""
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the tar; the caller may reuse it as soon as this returns."""
         end = self._used + len(data)
         if end < self._BATCH:
             self._batch[self._used : end] = data
@@ -506,6 +506,9 @@ def _replay(
         read_file = functools.partial(_read_fd, files.open_fd)
     else:
         read_file = functools.partial(_read_file_object, files.open)
+    # TODO(#7): the cleaned names kept to refuse duplicates grow with the entry count (about
+    # 150 bytes each), so a layer of millions of entries costs hundreds of MB; a compact set
+    # of name digests would bound it.
     seen: set[bytes] = set()
     size = length = 0
     for kind, name, entry_size, payload in _records(tar_split):
@@ -691,8 +694,14 @@ class Recorder:
             self._out.write(data)
 
 
+# Bytes of a name that Go's encoder would escape, or that may start a non-ASCII character.
+_NAME_NEEDS_CARE = re.compile(rb'[\x00-\x1f"\\<>&\x80-\xff]')
+
+
 def _json_name(name: bytes) -> bytes:
     """The name member of a file entry: ``name`` if valid UTF-8, else base64 ``name_raw``."""
+    if _NAME_NEEDS_CARE.search(name) is None:
+        return b'"name":"%b"' % name
     try:
         text = name.decode()
     except UnicodeDecodeError:
