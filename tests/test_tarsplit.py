@@ -351,7 +351,7 @@ def test_read_entries_matches_json_line_by_line(
                 seen.add(clean_name(name.encode()))
                 recorder.file(name.encode(), size, crc if size else None)
     recorder.close()
-    lines = gzip.decompress(out.getvalue()).decode().splitlines()
+    lines = gzip.decompress(out.getvalue()).decode().split("\n")[:-1]
     if lines and old_style:
         index = odd_at % len(lines)
         lines[index] = lines[index].replace(
