@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from migrate import __version__
-from migrate.api import check, open_root, run_migration
+from migrate.api import LedgerOpener, check, default_url, open_root, run_migration
 from migrate.api import status as api_status
 from migrate.engine import ImageReport, Report
 from migrate.errors import MigrateError
@@ -200,7 +200,7 @@ def _fail(exc: MigrateError, debug: bool) -> NoReturn:
 
 
 def _open_ledger(url: str | None, host_id: str | None) -> Ledger:
-    from migrate.ledger import Ledger, default_url
+    from migrate.ledger import Ledger
 
     return Ledger(url or default_url(), host_id)
 
@@ -232,7 +232,7 @@ def run(
     bars = None
     try:
         legacy = open_root(root, driver)
-        book = _open_ledger(ledger, host_id)
+        book = LedgerOpener(ledger or default_url(), host_id)
         bars = _Bars(legacy) if bars_wanted else None
         try:
             report = run_migration(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,24 +34,14 @@ from migrate.digest import DiffID
 from migrate.errors import MigrateError
 from migrate.faults import checkpoint
 from migrate.layers import LayerJob, LayerResult
+from migrate.ledgerurl import default_host_id
+from migrate.ledgerurl import default_url as default_url  # noqa: PLC0414 (re-exported)
 
 SCHEMA_VERSION = 1
 
 
 class LedgerError(MigrateError):
     """The ledger database cannot be used."""
-
-
-def default_url() -> str:
-    """The default ledger: SQLite under the XDG state directory."""
-    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return f"sqlite:///{os.path.join(state, 'graph-migrate', 'ledger.db')}"
-
-
-def default_host_id() -> str:
-    return socket.gethostname()
 
 
 def _now() -> dt.datetime:

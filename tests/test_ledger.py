@@ -97,3 +97,28 @@ def test_second_lock_names_the_holder_and_a_dead_holder_is_taken_over(tmp_path: 
     assert (tmp_path / ".graph-migrate.lock").exists()
     with RootLock(str(tmp_path)):
         pass
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_fresh_ledger_is_opened_late_and_records_the_whole_run(tmp_path: Path, jobs: int) -> None:
+    from fixtures import build_host, scenario
+    from migrate.api import LedgerOpener, open_root, run_migration
+
+    host = build_host(scenario("sample"), tmp_path / "docker", driver="vfs")
+    url = f"sqlite:///{tmp_path}/state/ledger.db"
+    opener = LedgerOpener(url, "host-a")
+    assert opener.fresh
+
+    first = run_migration(open_root(str(host.root)), dry_run=True, jobs=jobs, ledger=opener)
+    opener.close()
+    again = LedgerOpener(url, "host-a")
+    assert not again.fresh
+    second = run_migration(open_root(str(host.root)), dry_run=True, jobs=jobs, ledger=again)
+
+    ledger = again.open()
+    runs = ledger.runs(str(host.root))
+    assert [(run.mode, run.outcome) for run in runs] == [("dry-run", "ok"), ("dry-run", "ok")]
+    assert ledger.layer_count(str(host.root)) == len(host.images)
+    assert first.bytes_hashed > 0
+    assert second.bytes_hashed == 0  # every layer came from the ledger the first run wrote
+    again.close()
