@@ -232,7 +232,7 @@ def _render(
     lines += [f"- {line}" for line in machine.lines()]
     lines += [
         f"- load average (1 min) before / after: {load[0]:.2f} / {load[1]:.2f}",
-        f"- command: `python -m bench {' '.join(sys.argv[1:])}`".rstrip(),
+        f"- command: `{' '.join(['python -m bench', *sys.argv[1:]])}`",
         f"- N = {cores}; median of {args.repeats} runs per case, warm page cache",
         "",
         "The limit streams every layer's payload through `tar -c | openssl dgst -sha256`,",
@@ -250,7 +250,7 @@ def _render(
         checks += _checks(driver, cases)
     root, cases = startup
     lines += [
-        f"## start-up: the whole command on the small `sample` root ({_gb(root.tar_bytes)})",
+        f"## start-up: the whole command on the `sample` root ({root.tar_bytes} bytes of tar)",
         "",
         "What every run pays before and after hashing: interpreter, imports, option parsing,",
         "the ledger, the report.",
@@ -288,7 +288,7 @@ def _table(cases: list[Case]) -> list[str]:
             rss = f"{_mb(case.peak_rss)} ({_mb(main)} / {_mb(worker) if worker else '-'})"
         rows.append(
             f"| {case.name} | {case.seconds:.2f} | {min(times):.2f} - {max(times):.2f} "
-            f"| {case.tar_bytes / MB / case.seconds:.0f} | {ratio} | {rss} |"
+            f"| {_rate(case)} | {ratio} | {rss} |"
         )
     return [*rows, ""]
 
@@ -309,6 +309,11 @@ def _checks(driver: str, cases: list[Case]) -> list[str]:
         f"| {_verdict(peak <= RSS_TARGET)} |"
     )
     return rows
+
+
+def _rate(case: Case) -> str:
+    """MB/s of layer tar, or "-" where the tar is too small for the figure to mean anything."""
+    return f"{case.tar_bytes / MB / case.seconds:.0f}" if case.tar_bytes >= 100 * MB else "-"
 
 
 def _limit_of(name: str) -> str:
