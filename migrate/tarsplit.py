@@ -613,11 +613,12 @@ class Recorder:
 
     Entries are numbered in write order. Call close() to finish the gzip stream; without it the
     stream is unreadable (Docker 1.10.0 and 1.10.1 shipped exactly that defect, spec §3.3).
+    ``level`` is the deflate level; 6 is what Go's gzip writer uses by default.
     """
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, level: int = 6) -> None:
         self._out = out
-        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
         self._crc32 = 0
         self._length = 0
         self._position = 0
