@@ -178,9 +178,16 @@ def _graph_migrate(root: Root, jobs: int) -> Sample:
             "--ledger",
             f"sqlite:///{scratch}/ledger.db",
         ]
-        return run_command(argv, env={**os.environ, "TMPDIR": scratch})
+        return run_command(argv, env=_child_environment(scratch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _child_environment(scratch: str) -> dict[str, str]:
+    """This environment for a measured run, with bytecode caching on, as an installed package
+    has it (the warm-up run writes the cache), and temporary files in ``scratch``."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    return {**env, "TMPDIR": scratch}
 
 
 def _check_run(root: Root, stdout: bytes, source: str) -> int:
