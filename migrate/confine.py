@@ -34,8 +34,10 @@ class ConfinedRoot:
     symlink anywhere on the path and a leaf that is not a regular file are refused with
     ConfinementError; a missing file raises TarSplitError. Names are bytes, as in the tar.
 
-    The directory of the last opened file stays open, because tar order keeps a directory's
-    files together. Not safe for use by several threads at once; close() releases everything.
+    The directories leading to the last opened file stay open, each opened beneath the one
+    before it, because tar order keeps a directory's files together and visits directories
+    depth first: a file in a new directory costs one ``openat`` per new path component. Not
+    safe for use by several threads at once; close() releases everything.
 
     NOTE: a device node as leaf is opened (non-blocking) before fstat refuses it, which runs
     the device driver's open; nothing is ever read from it.
@@ -48,6 +50,8 @@ class ConfinedRoot:
         except OSError as error:
             shown = quote_name(self._root)
             raise TarSplitError(f"cannot open layer root {shown}: {error.strerror}") from None
+        # The open directories from the root down to the last file's: (cleaned path, fd).
+        self._chain: list[tuple[bytes, int]] = []
         self._dir_key = b""  # cleaned directory part of the last name; b"" is the root
         self._dir_fd = self._root_fd
 
@@ -59,6 +63,15 @@ class ConfinedRoot:
                 regular file.
             TarSplitError: the file or one of its directories is missing or cannot be opened.
         """
+        fd = self.open_fd(name)
+        try:
+            return open(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def open_fd(self, name: bytes) -> int:
+        """Like open(), but a bare descriptor, which the caller must close."""
         directory, _, leaf = _confined_path(name).rpartition(b"/")
         dir_fd = self._dir_fd if directory == self._dir_key else self._enter(directory, name)
         try:
@@ -68,19 +81,19 @@ class ConfinedRoot:
 
         try:
             regular = stat.S_ISREG(os.fstat(fd).st_mode)
-            if regular:
-                return open(fd, "rb", buffering=0)
         except BaseException:
             os.close(fd)
             raise
+        if regular:
+            return fd
         os.close(fd)
         raise ConfinementError(f"layer file {quote_name(name)} is not a regular file")
 
     def close(self) -> None:
-        """Release the root and the cached directory; calling it again does nothing."""
+        """Release the root and the cached directories; calling it again does nothing."""
         if self._root_fd < 0:
             return
-        self._release_dir()
+        self._keep(0)
         os.close(self._root_fd)
         self._root_fd = self._dir_fd = -1
 
@@ -96,28 +109,34 @@ class ConfinedRoot:
         self.close()
 
     def _enter(self, directory: bytes, name: bytes) -> int:
-        """Open ``directory`` (cleaned, relative) one component at a time; cache its fd."""
-        self._release_dir()
-        fd = self._root_fd
-        for part in directory.split(b"/") if directory else ():
+        """Open ``directory`` (cleaned, relative) from its deepest open ancestor; cache it."""
+        kept = 0
+        for key, _ in self._chain:
+            if not directory.startswith(key) or directory[len(key) : len(key) + 1] not in (
+                b"",
+                b"/",
+            ):
+                break
+            kept += 1
+        self._keep(kept)
+        fd = self._chain[-1][1] if self._chain else self._root_fd
+        path = self._chain[-1][0] if self._chain else b""
+        rest = directory[len(path) :].lstrip(b"/")
+        for part in rest.split(b"/") if rest else ():
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as error:
-                refusal = _refusal(error, fd, part, name)
-                self._close_dir(fd)
-                raise refusal from None
-            self._close_dir(fd)
-            fd = child
+                raise _refusal(error, fd, part, name) from None
+            path = path + b"/" + part if path else part
+            self._chain.append((path, fd))
         self._dir_key, self._dir_fd = directory, fd
         return fd
 
-    def _release_dir(self) -> None:
-        self._close_dir(self._dir_fd)
-        self._dir_key, self._dir_fd = b"", self._root_fd
-
-    def _close_dir(self, fd: int) -> None:
-        if fd != self._root_fd:
-            os.close(fd)
+    def _keep(self, count: int) -> None:
+        """Close the cached directories below the first ``count``."""
+        while len(self._chain) > count:
+            os.close(self._chain.pop()[1])
+        self._dir_key, self._dir_fd = self._chain[-1] if self._chain else (b"", self._root_fd)
 
 
 def _confined_path(name: bytes) -> bytes:

@@ -14,11 +14,9 @@ import os
 import signal
 import time
 from collections.abc import Collection, Generator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from contextlib import closing
 from dataclasses import dataclass, field
-from multiprocessing import get_context
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from migrate import containers, distribution, references
 from migrate.digest import ChainID, DiffID, ImageID, chain_id
@@ -28,6 +26,9 @@ from migrate.imageconfig import HistoryItem, LegacyImage, make_config, parse_leg
 from migrate.layers import LayerJob, LayerResult, hash_layer
 from migrate.legacy import LegacyRoot, read_small
 from migrate.store import DIR_MODE, RealTarget, Target
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,10 @@ class Migration:
             for job in jobs:
                 yield job, _hash_or_error(job)
             return
+        # Imported here: a run hashing in one process need not pay for process pools (issue 7).
+        from concurrent.futures import ProcessPoolExecutor, as_completed  # noqa: PLC0415
+        from multiprocessing import get_context  # noqa: PLC0415
+
         with ProcessPoolExecutor(
             self.jobs,
             mp_context=get_context("fork"),

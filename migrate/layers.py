@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, cast
 
-from migrate import archive, tarsplit
+from migrate import tarsplit
 from migrate.confine import ConfinedRoot
 from migrate.digest import DiffID
 from migrate.errors import (
@@ -128,6 +128,9 @@ def stream_layer(legacy: LegacyRoot, result: LayerResult, write: tarsplit.Write)
 
 def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
     layer_dir = legacy.layer_files(job.v1_id)
+    # Imported here: only layers without a usable tar-split need it (start-up, issue 7).
+    from migrate import archive  # noqa: PLC0415
+
     tmp = f"{job.regenerated_path}.{os.getpid()}.tmp"
     shown = os.path.relpath(job.regenerated_path, legacy.root)
     try:

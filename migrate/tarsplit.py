@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import hashlib
+import itertools
 import json
+import os
 import posixpath
+import queue
 import re
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import fastcrc
 
@@ -118,14 +123,116 @@ def read_entries(compressed: BinaryIO) -> Iterator[Entry]:
 def _records(compressed: BinaryIO) -> Iterator[tuple[int, bytes, int, bytes | None]]:
     """The entries of ``compressed`` as plain tuples: the replay loop's cheaper diet.
 
-    JSON values are decoded one after another, the way Go's decoder reads them, so neither the
-    newline after each value nor its absence matters.
+    Lines in the exact forms tar-split writes are decoded by one regular expression each
+    (:data:`_PLAIN_ENTRY`); from the first line that is not, everything left goes through the
+    general JSON decoder, which gives the same result for every line the fast path accepts.
+    """
+    chunks = _inflate(compressed)
+    match = _PLAIN_ENTRY.match
+    a2b = binascii.a2b_base64
+    index = 0
+    rest = b""
+    for chunk in chunks:
+        data = rest + chunk if rest else chunk
+        view = memoryview(data)
+        end = data.rfind(b"\n") + 1
+        position = 0
+        while position < end:
+            newline = data.index(b"\n", position)
+            if data.startswith(_SEGMENT_START, position):
+                # Most bytes are segment payloads: find their end instead of matching them.
+                quote = data.find(b'"', position + len(_SEGMENT_START), newline)
+                if not _plain_position(data, quote, newline):
+                    break
+                try:
+                    payload = a2b(view[position + len(_SEGMENT_START) : quote], strict_mode=True)
+                except binascii.Error:
+                    break  # the general decoder names the fault
+                yield SEGMENT_ENTRY, b"", 0, payload
+                index += 1
+                position = newline + 1
+                continue
+
+            found = match(data, position, newline + 1)
+            record = None if found is None else _plain_record(index, *found.groups())
+            if record is None:
+                break
+            yield record
+            index += 1
+            position = newline + 1
+        if position < end:
+            # Each line the fast path took held one entry: ``index`` lines are behind us.
+            yield from _decoded_records(itertools.chain((data[position:],), chunks), index, index)
+            return
+        rest = data[end:]
+        if len(rest) > _MAX_ENTRY_CHARS:
+            raise TarSplitError(f"tar-split entry exceeds {_MAX_ENTRY_CHARS} characters")
+    if rest:
+        yield from _decoded_records(iter((rest,)), index, index)
+
+
+# One entry as tar-split writes it (Go's encoding/json, fields in struct order, one per line):
+# a name without escapes or control characters, a decimal size, a base64 or null payload.
+_PLAIN_ENTRY = re.compile(
+    rb'\{"type":([12])(?:,"name":"([^"\\\x00-\x1f]*)")?(?:,"size":(0|[1-9][0-9]{0,18}))?'
+    rb',"payload":(?:"([A-Za-z0-9+/]*={0,2})"|null),"position":(?:0|[1-9][0-9]{0,18})\}\n'
+)
+
+
+def _plain_record(
+    index: int, kind: bytes, name: bytes | None, size_text: bytes | None, crc_text: bytes | None
+) -> tuple[int, bytes, int, bytes | None] | None:
+    """The entry of a line that matched _PLAIN_ENTRY; None if the general decoder must judge."""
+    size = int(size_text) if size_text else 0
+    if size > _INT64_MAX:
+        return None
+    try:
+        payload = binascii.a2b_base64(crc_text, strict_mode=True) if crc_text else crc_text
+    except binascii.Error:
+        return None
+    if kind == b"2":
+        return SEGMENT_ENTRY, b"", size, payload or b""
+    if name is None or name.isascii() or _is_utf8(name):
+        return FILE_ENTRY, name or b"", size, _file_crc(index, size, payload)
+    return None
+
+
+_SEGMENT_START = b'{"type":2,"payload":"'
+_POSITION = b'","position":'
+
+
+def _plain_position(data: bytes, quote: int, newline: int) -> bool:
+    """Whether ``data[quote:newline]`` is ``","position":<decimal>}`` as Go writes it."""
+    digits = data[quote + len(_POSITION) : newline - 1]
+    return (
+        quote > 0
+        and data.startswith(_POSITION, quote)
+        and data[newline - 1] == ord("}")
+        and digits.isdigit()
+        and (digits[:1] != b"0" or digits == b"0")
+    )
+
+
+def _is_utf8(name: bytes) -> bool:
+    try:
+        name.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _decoded_records(
+    chunks: Iterator[bytes], index: int, line: int = 0
+) -> Iterator[tuple[int, bytes, int, bytes | None]]:
+    """The entries in ``chunks`` (decompressed), decoded as JSON values one after another.
+
+    Values are decoded the way Go's decoder reads them, so neither the newline after each
+    value nor its absence matters; ``index`` numbers the first entry, and ``line`` counts the
+    stream's lines before ``chunks`` so that faults name their line in the whole stream.
     """
     # Go's decoder turns invalid UTF-8 inside strings into U+FFFD; so does "replace".
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
-    chunks = _inflate(compressed)
     text = ""
-    index = 0
     final = False
     while not final:
         chunk = next(chunks, None)
@@ -137,7 +244,7 @@ def _records(compressed: BinaryIO) -> Iterator[tuple[int, bytes, int, bytes | No
                 value, end = _scan_json(text, start)
             except json.JSONDecodeError as error:
                 if final or not _may_continue(error, len(text)):
-                    raise TarSplitError(_json_fault(error)) from None
+                    raise TarSplitError(_json_fault(error, line)) from None
                 break
             except RecursionError:
                 raise TarSplitError("tar-split stream nests JSON values too deeply") from None
@@ -146,6 +253,7 @@ def _records(compressed: BinaryIO) -> Iterator[tuple[int, bytes, int, bytes | No
             start = end + 1 if text.startswith("\n", end) else end
             if text.startswith(_JSON_SPACE_CHARS, start):
                 start = _skip_space(text, start)
+        line += text.count("\n", 0, start)
         text = text[start:]
         if len(text) > _MAX_ENTRY_CHARS:
             raise TarSplitError(f"tar-split entry exceeds {_MAX_ENTRY_CHARS} characters")
@@ -198,10 +306,10 @@ def _may_continue(error: json.JSONDecodeError, length: int) -> bool:
     return error.msg.startswith("Unterminated string") or error.pos >= length - 6
 
 
-def _json_fault(error: json.JSONDecodeError) -> str:
+def _json_fault(error: json.JSONDecodeError, line: int) -> str:
     # Some of Python's messages end in " at", expecting the position to follow.
     message = error.msg.removesuffix(" at")
-    return f"tar-split stream is not valid JSON: {message} at line {error.lineno}"
+    return f"tar-split stream is not valid JSON: {message} at line {line + error.lineno}"
 
 
 def _record(index: int, value: Any) -> tuple[int, bytes, int, bytes | None]:
@@ -281,6 +389,95 @@ class LayerFiles(Protocol):
         ...
 
 
+@runtime_checkable
+class LayerFileDescriptors(LayerFiles, Protocol):
+    """Layer files that can also be had as bare descriptors, which replay reads most cheaply."""
+
+    def open_fd(self, name: bytes) -> int:
+        """A descriptor of the regular file ``name`` for reading; the caller closes it."""
+        ...
+
+
+class TarDigest:
+    """The sha256 of a tar, fed in order, hashed in large batches on a helper thread (issue 7).
+
+    The caller copies bytes in with :meth:`add` or reads them straight into :meth:`space` and
+    then calls :meth:`advance`; each full batch goes to the helper thread, where hashing runs
+    without the GIL while the caller opens and reads the next files. Memory is a few fixed
+    batches. Call :meth:`hexdigest` once at the end, or :meth:`close` to abandon the digest;
+    both may be called after an error.
+    """
+
+    _BATCH = 1 << 20
+    _BATCHES = 3
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._batch = bytearray(self._BATCH)
+        self._view = memoryview(self._batch)
+        self._used = 0
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def add(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data`` to the tar; the caller may reuse it as soon as this returns."""
+        end = self._used + len(data)
+        if end < self._BATCH:
+            self._batch[self._used : end] = data
+            self._used = end
+            return
+        view = memoryview(data)
+        while view:
+            space = self.space()
+            count = min(len(space), len(view))
+            space[:count] = view[:count]
+            self.advance(count)
+            view = view[count:]
+
+    def space(self) -> memoryview:
+        """Room for the next bytes of the tar: fill a prefix of it, then call advance()."""
+        return self._view[self._used :]
+
+    def advance(self, count: int) -> None:
+        """Take the first ``count`` bytes of the last space() into the tar."""
+        self._used += count
+        if self._used == self._BATCH:
+            self._hand_over()
+
+    def hexdigest(self) -> str:
+        """The sha256 of every byte added, in hex."""
+        self.close()
+        self._sha256.update(self._view[: self._used])
+        self._used = 0
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        """Wait until the helper thread has hashed every batch handed to it, and stop it."""
+        if self._thread is not None:
+            self._full.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _hand_over(self) -> None:
+        if self._thread is None:
+            for _ in range(self._BATCHES - 1):
+                self._free.put(bytearray(self._BATCH))
+            self._thread = threading.Thread(target=self._run, name="tar-sha256", daemon=True)
+            self._thread.start()
+        self._full.put((self._batch, self._used))
+        self._batch = self._free.get()
+        self._view = memoryview(self._batch)
+        self._used = 0
+
+    def _run(self) -> None:
+        update = self._sha256.update
+        while (work := self._full.get()) is not None:
+            batch, used = work
+            update(memoryview(batch)[:used])
+            self._free.put(batch)
+
+
 def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None) -> Assembly:
     """Rebuild the layer tar described by ``tar_split`` from ``files`` and measure it.
 
@@ -298,15 +495,33 @@ def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None)
             not match, or two file entries share a cleaned name. Bytes already passed to
             ``write`` then belong to a broken tar and must be thrown away.
     """
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
+    digest = TarDigest()
+    try:
+        size, length = _replay(tar_split, files, digest, write)
+        return Assembly(DiffID("sha256", digest.hexdigest()), size, length)
+    finally:
+        digest.close()
+
+
+def _replay(
+    tar_split: BinaryIO, files: LayerFiles, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Feed the whole tar to ``digest`` (and ``write``); return its entry sizes and length."""
+    read_file: Callable[[bytes, TarDigest, Write | None], tuple[int, int]]
+    if isinstance(files, LayerFileDescriptors):
+        read_file = functools.partial(_read_fd, files.open_fd)
+    else:
+        read_file = functools.partial(_read_file_object, files.open)
+    # TODO(#7): the cleaned names kept to refuse duplicates grow with the entry count (about
+    # 150 bytes each), so a layer of millions of entries costs hundreds of MB; a compact set
+    # of name digests would bound it.
     seen: set[bytes] = set()
     size = length = 0
     for kind, name, entry_size, payload in _records(tar_split):
         size += entry_size
         if kind == SEGMENT_ENTRY:
             if payload:
-                digest.update(payload)
+                digest.add(payload)
                 if write is not None:
                     write(payload)
                 length += len(payload)
@@ -317,48 +532,65 @@ def assemble(tar_split: BinaryIO, files: LayerFiles, write: Write | None = None)
             raise TarSplitError(f"duplicate path {quote_name(name)} in tar-split stream")
         seen.add(cleaned)
         if entry_size > 0:
-            length += _replay_file(files, name, payload, digest=digest, buffer=buffer, write=write)
-    return Assembly(DiffID("sha256", digest.hexdigest()), size, length)
+            crc, count = read_file(name, digest, write)
+            if crc.to_bytes(8, "big") != payload:
+                raise IntegrityCheckError(f"file integrity checksum failed for {quote_name(name)}")
+            checkpoint("layer-file-hashed")
+            length += count
+    return size, length
 
 
-def _replay_file(
-    files: LayerFiles,
-    name: bytes,
-    expected_crc: bytes | None,
-    *,
-    digest: hashlib._Hash,
-    buffer: bytearray,
-    write: Write | None,
-) -> int:
-    """Stream the whole file ``name`` into the digest (and ``write``); return its length."""
-    view = memoryview(buffer)
+def _read_fd(
+    open_fd: Callable[[bytes], int], name: bytes, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Read the whole file ``name`` straight into ``digest``; its CRC-64 and length."""
+    try:
+        fd = open_fd(name)
+    except OSError as error:
+        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
+    readv = os.readv
     crc = length = 0
-    with _open_layer_file(files, name) as body:
-        readinto = getattr(body, "readinto", None)
+    try:
+        while True:
+            space = digest.space()
+            try:
+                count = readv(fd, (space,))
+            except OSError as error:
+                raise TarSplitError(f"reading layer file {quote_name(name)}: {error}") from None
+            if not count:
+                return crc, length
+            chunk = space[:count]
+            crc = _GO_ISO(chunk, crc)
+            if write is not None:
+                write(bytes(chunk))
+            digest.advance(count)
+            length += count
+    finally:
+        os.close(fd)
+
+
+def _read_file_object(
+    open_file: Callable[[bytes], BinaryIO], name: bytes, digest: TarDigest, write: Write | None
+) -> tuple[int, int]:
+    """Read the whole file ``name``, opened as a file object, into ``digest``."""
+    try:
+        body = open_file(name)
+    except OSError as error:
+        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
+    crc = length = 0
+    with body:
         while True:
             try:
-                chunk = view[: readinto(buffer) or 0] if readinto else body.read(_CHUNK)
+                chunk = body.read(_CHUNK)
             except OSError as error:
                 raise TarSplitError(f"reading layer file {quote_name(name)}: {error}") from None
             if not chunk:
-                break
+                return crc, length
             crc = _GO_ISO(chunk, crc)
-            digest.update(chunk)
+            digest.add(chunk)
             if write is not None:
-                write(bytes(chunk))
+                write(chunk)
             length += len(chunk)
-
-    if crc.to_bytes(8, "big") != expected_crc:
-        raise IntegrityCheckError(f"file integrity checksum failed for {quote_name(name)}")
-    checkpoint("layer-file-hashed")
-    return length
-
-
-def _open_layer_file(files: LayerFiles, name: bytes) -> BinaryIO:
-    try:
-        return files.open(name)
-    except OSError as error:
-        raise TarSplitError(f"opening layer file {quote_name(name)}: {error}") from None
 
 
 # --- recording ----------------------------------------------------------------------------------
@@ -388,11 +620,12 @@ class Recorder:
 
     Entries are numbered in write order. Call close() to finish the gzip stream; without it the
     stream is unreadable (Docker 1.10.0 and 1.10.1 shipped exactly that defect, spec §3.3).
+    ``level`` is the deflate level; 6 is what Go's gzip writer uses by default.
     """
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, level: int = 6) -> None:
         self._out = out
-        self._deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self._deflate = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
         self._crc32 = 0
         self._length = 0
         self._position = 0
@@ -469,8 +702,14 @@ class Recorder:
             self._out.write(data)
 
 
+# Bytes of a name that Go's encoder would escape, or that may start a non-ASCII character.
+_NAME_NEEDS_CARE = re.compile(rb'[\x00-\x1f"\\<>&\x80-\xff]')
+
+
 def _json_name(name: bytes) -> bytes:
     """The name member of a file entry: ``name`` if valid UTF-8, else base64 ``name_raw``."""
+    if _NAME_NEEDS_CARE.search(name) is None:
+        return b'"name":"%b"' % name
     try:
         text = name.decode()
     except UnicodeDecodeError:

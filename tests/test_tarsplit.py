@@ -12,6 +12,7 @@ import base64
 import gzip
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -293,6 +294,74 @@ def test_read_entries_survives_corrupted_json(cut: int, junk: bytes) -> None:
         list(read_entries(_gzip(text[:cut] + junk + text[cut:])))
     except TarSplitError:
         pass
+
+
+def _json_reference(lines: list[str]) -> list[Entry]:
+    """Entries decoded line by line by the json module: a decoder independent of read_entries."""
+    entries = []
+    for line in lines:
+        value = json.loads(line)
+        raw = value.get("payload")
+        payload = base64.b64decode(raw, validate=True) if raw is not None else None
+        if value["type"] == SEGMENT_ENTRY:
+            entries.append(Entry(SEGMENT_ENTRY, b"", value.get("size") or 0, payload or b""))
+            continue
+        name = base64.b64decode(value["name_raw"]) if value.get("name_raw") else None
+        if name is None:
+            name = value.get("name", "").encode("utf-8", "surrogatepass")
+        size = value.get("size") or 0
+        entries.append(Entry(FILE_ENTRY, name, size, payload if size else payload or None))
+    return entries
+
+
+_NAMES = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=30
+) | st.sampled_from(["a.txt", 'quote"d', "back\\slash", "<tag>&", "tab\there", "caf\u00e9"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=2000).map(lambda data: ("segment", data)),
+            st.tuples(_NAMES, st.integers(0, 1 << 40), st.integers(0, (1 << 64) - 1)).map(
+                lambda entry: ("file", entry)
+            ),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 39),
+    st.booleans(),
+)
+def test_read_entries_matches_json_line_by_line(
+    entries: list[tuple[str, object]], odd_at: int, old_style: bool
+) -> None:
+    # Lines as Recorder (Go's form) writes them; one line may be respaced or, in the v0.9.4
+    # form, carry name and size, which the fast path leaves to the general decoder.
+    out = io.BytesIO()
+    recorder = Recorder(out)
+    seen: set[bytes] = set()
+    for kind, value in entries:
+        if kind == "segment":
+            assert isinstance(value, bytes)
+            recorder.segment(value)
+        else:
+            name, size, crc = value  # type: ignore[misc]
+            if clean_name(name.encode()) not in seen:
+                seen.add(clean_name(name.encode()))
+                recorder.file(name.encode(), size, crc if size else None)
+    recorder.close()
+    lines = gzip.decompress(out.getvalue()).decode().split("\n")[:-1]
+    if lines and old_style:
+        index = odd_at % len(lines)
+        lines[index] = lines[index].replace(
+            '{"type":2,"payload"', '{"type":2,"name":"","size":0,"payload"'
+        )
+        lines[index] = lines[index].replace(',"position"', ' , "position"', 1)
+
+    entries_read = list(read_entries(_gzip("".join(line + "\n" for line in lines))))
+
+    assert entries_read == _json_reference(lines)
 
 
 # --- assembling ---------------------------------------------------------------------------------
