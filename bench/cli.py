@@ -24,6 +24,14 @@ from bench.roots import Root, ensure_regeneration_variant, ensure_root
 from fixtures.scenarios import parse_size
 
 HERE = Path(__file__).resolve().parent
+
+
+def _default_out() -> Path:
+    """The cache of built roots: outside the source tree, whose packaging walks every file."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "graph-migrate" / "bench"
+
+
 MB = 1e6
 
 # The issue's targets: (case, the limit it is compared with, the largest ratio allowed).
@@ -108,7 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-regeneration", action="store_true", help="skip the no-tar-split root")
     parser.add_argument("--quick", action="store_true", help="300M, aufs only, 1G huge file")
-    parser.add_argument("--out", type=Path, default=HERE / "out", help="cache of built roots")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=_default_out(),
+        help="cache of built roots (default $XDG_CACHE_HOME/graph-migrate/bench)",
+    )
     parser.add_argument("--results", type=Path, help="where to write (default bench/results.md)")
     return parser
 
