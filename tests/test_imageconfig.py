@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tarfile
 from functools import cache
-from pathlib import Path
 
 import pytest
 
@@ -20,22 +18,17 @@ from migrate.imageconfig import (
     parse_config,
     parse_legacy_image,
 )
+from tests.conftest import require_dir, spec_vectors
 
 # -- shared vector data (other test modules import these) ------------------------------------
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "vectors" / "vfs-run"
-if not VECTORS.is_dir():  # CI clones next to a copy of shared/
-    VECTORS = Path(os.environ.get("GRAPH_MIGRATE_SHARED", "../shared")) / "spec/vectors/vfs-run"
+VECTORS = spec_vectors("vfs-run")
 
 ONE, TWO, THREE, CTR = "1" * 64, "2" * 64, "3" * 64, "c" * 64
 
 
 def _require_vectors() -> None:
-    if not VECTORS.is_dir():
-        message = f"spec vectors not found at {VECTORS}: set GRAPH_MIGRATE_SHARED"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require_dir(VECTORS, "spec vectors")
 
 
 @cache

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,10 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from migrate.cli import app
+from tests.conftest import require_dir, spec_vectors
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "vectors" / "vfs-run"
-if not VECTORS.is_dir():  # CI clones next to a copy of shared/
-    VECTORS = Path(os.environ.get("GRAPH_MIGRATE_SHARED", "../shared")) / "spec/vectors/vfs-run"
+VECTORS = spec_vectors("vfs-run")
 
 
 def _expected() -> dict[str, dict[str, str]]:
@@ -28,6 +26,7 @@ def _expected() -> dict[str, dict[str, str]]:
 
 @pytest.fixture
 def vfs_root(tmp_path: Path) -> Path:
+    require_dir(VECTORS, "spec vectors")
     root = tmp_path / "docker"
     root.mkdir()
     subprocess.run(
