@@ -6,15 +6,20 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from migrate.engine import Migration, Progress, Report
-from migrate.export import ExportReport, export_images
-from migrate.ledger import Ledger, LedgerError, RunSummary, default_url
 from migrate.legacy import LegacyRoot, check_driver, detect_driver
 from migrate.lock import RootLock, is_held
 from migrate.resync import ResyncingCache, StoreLayers
 from migrate.store import DryRunTarget, RealTarget
-from migrate.verify import Verification, verify
+
+# The ledger (SQLAlchemy), verification and export are imported where they are used: every
+# command pays for the imports of this module, and most need only one of them (issue 7).
+if TYPE_CHECKING:
+    from migrate.export import ExportReport
+    from migrate.ledger import Ledger, RunSummary
+    from migrate.verify import Verification
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,8 @@ def run_migration(
 
 def _record_failure(ledger: Ledger, run_id: int, exc: BaseException) -> None:
     """Mark the run failed if the ledger still answers; else the next run marks it interrupted."""
+    from migrate.ledger import LedgerError  # noqa: PLC0415 (only a ledger's user needs it)
+
     try:
         ledger.end_run(run_id, "failed", migrated=0, skipped=0, hashed=0, message=str(exc))
     except LedgerError as lost:
@@ -133,6 +140,8 @@ def fleet_status(ledger: Ledger, root: str | None = None) -> list[RunSummary]:
 
 def check(legacy: LegacyRoot, *, content: bool = True) -> Verification:
     """Verify the migrated store of ``legacy``."""
+    from migrate.verify import verify  # noqa: PLC0415
+
     return verify(legacy, content=content)
 
 
@@ -149,6 +158,8 @@ def export(
 
     Reads legacy data only, whether or not the root was migrated in place; writes only the output.
     """
+    from migrate.export import export_images  # noqa: PLC0415
+
     return export_images(
         legacy,
         images,
@@ -157,6 +168,13 @@ def export(
         compress=compress,
         jobs=jobs,
     )
+
+
+def default_url() -> str:
+    """The default ledger URL: SQLite under the XDG state directory."""
+    from migrate.ledger import default_url as ledger_default_url  # noqa: PLC0415
+
+    return ledger_default_url()
 
 
 __all__ = [

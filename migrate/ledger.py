@@ -43,7 +43,6 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -589,7 +588,16 @@ def _upsert(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
             if not cast(Any, found).rowcount:
                 session.execute(table.insert().values(row))
         return
-    insert = postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+    # Imported here: a host loads only the dialect of the database it uses.
+    insert: Any
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415
+
+        insert = postgresql.insert(table)
+    else:
+        from sqlalchemy.dialects import sqlite  # noqa: PLC0415
+
+        insert = sqlite.insert(table)
     changed = {name: insert.excluded[name] for name in rows[0] if name not in keys}
     session.execute(insert.on_conflict_do_update(index_elements=keys, set_=changed), rows)
 
