@@ -900,20 +900,21 @@ def _open_directory(
     dir_fd: int, name: bytes, listed: os.stat_result, root: bytes, tar_name: bytes
 ) -> int:
     """Open a directory beneath ``dir_fd``, checking it is still the one that was listed."""
-    try:
-        fd = os.open(name, _OPEN_DIR, dir_fd=dir_fd)
-    except OSError as exc:
-        raise LayerContentError(f"{_shown(root, tar_name)}: {exc.strerror}") from exc
-    _check_same(fd, listed, root, tar_name)
-    return fd
+    return _open_listed(dir_fd, name, _OPEN_DIR, listed, root, tar_name)
 
 
 def _open_regular(
     dir_fd: int, name: bytes, listed: os.stat_result, root: bytes, tar_name: bytes
 ) -> int:
     """Open a regular file beneath ``dir_fd``, checking it is still the one that was listed."""
+    return _open_listed(dir_fd, name, _OPEN_FILE, listed, root, tar_name)
+
+
+def _open_listed(
+    dir_fd: int, name: bytes, flags: int, listed: os.stat_result, root: bytes, tar_name: bytes
+) -> int:
     try:
-        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+        fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as exc:
         raise LayerContentError(f"{_shown(root, tar_name)}: {exc.strerror}") from exc
     _check_same(fd, listed, root, tar_name)
