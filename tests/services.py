@@ -82,6 +82,7 @@ def dockerd(data_root: Path, driver: str = "vfs") -> Iterator[Docker]:
         yield docker
     finally:
         _stop(process)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
