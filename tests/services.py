@@ -13,7 +13,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,25 @@ def _stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=timeout)
+
+
+@contextmanager
+def _serving(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], log: Path, run_dir: Path
+) -> Iterator[None]:
+    """Wait up to a minute for ``process`` to answer ``ready``; stop it and remove ``run_dir``
+    when the block ends."""
+    try:
+        deadline = time.monotonic() + 60
+        while not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                name = os.path.basename(str(process.args[0]))  # type: ignore[index]
+                raise RuntimeError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield
+    finally:
+        _stop(process)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -73,16 +92,8 @@ def dockerd(data_root: Path, driver: str = "vfs") -> Iterator[Docker]:
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
     docker = Docker(socket, data_root, log)
-    try:
-        deadline = time.monotonic() + 60
-        while docker("version", check=False).returncode != 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with _serving(process, lambda: docker("version", check=False).returncode == 0, log, run_dir):
         yield docker
-    finally:
-        _stop(process)
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -123,16 +134,8 @@ def containerd() -> Iterator[Containerd]:
             ["containerd", "--config", str(config)], stdout=log_file, stderr=subprocess.STDOUT
         )
     client = Containerd(socket, log)
-    try:
-        deadline = time.monotonic() + 60
-        while client("version", check=False).returncode != 0:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"containerd did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with _serving(process, lambda: client("version", check=False).returncode == 0, log, run_dir):
         yield client
-    finally:
-        _stop(process)
-        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 @dataclass
