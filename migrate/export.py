@@ -36,7 +36,7 @@ from migrate.imageconfig import parse_config, parse_legacy_image
 from migrate.layers import LayerResult, stream_layer
 from migrate.legacy import LegacyRoot, read_small
 from migrate.references import legacy_tags, normalize_name
-from migrate.store import DryRunTarget, RealTarget
+from migrate.store import DryRunTarget, RealTarget, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def _blob_file(blobs: str) -> Iterator[tuple[BinaryIO, Any]]:
         else:
             os.fchmod(handle.fileno(), 0o644)
             os.rename(tmp, final)
-            _fsync_dir(blobs)
+            fsync_dir(blobs)
         committed = True
 
     with os.fdopen(fd, "wb") as handle:
@@ -467,14 +467,6 @@ def _blob_file(blobs: str) -> Iterator[tuple[BinaryIO, Any]]:
         finally:
             if not committed:
                 os.unlink(tmp)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DockerArchiveWriter:

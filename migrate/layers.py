@@ -22,6 +22,7 @@ from migrate.errors import (
 )
 from migrate.faults import checkpoint
 from migrate.legacy import LegacyRoot, NotRegularError, open_regular
+from migrate.store import fsync_dir
 
 TAR_SPLIT = "tar-split"
 REGENERATED = "regenerated"
@@ -145,21 +146,13 @@ def _regenerate(legacy: LegacyRoot, job: LayerJob) -> tarsplit.Assembly:
             os.fsync(raw.fileno())
         checkpoint("layer-regenerated")
         os.rename(tmp, job.regenerated_path)
-        _fsync_dir(os.path.dirname(job.regenerated_path))  # the ledger records it next
+        fsync_dir(os.path.dirname(job.regenerated_path))  # the ledger records it next
     except OSError as exc:
         raise TargetError(shown, exc.strerror or str(exc)) from exc
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return assembly
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _regeneration_fault(legacy: LegacyRoot, job: LayerJob) -> str | None:

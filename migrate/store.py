@@ -84,7 +84,8 @@ class Target(Protocol):
         """
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (a rename into it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -179,7 +180,7 @@ class RealTarget:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_dir(directory)
+        fsync_dir(directory)
         checkpoint("after-rename")
 
     def stream(self, path: str, mode: int) -> AbstractContextManager[BinaryIO]:
@@ -200,7 +201,7 @@ class RealTarget:
     def rename_dir(self, source: str, dest: str) -> None:
         try:
             os.rename(self._abs(source), self._abs(dest))
-            _fsync_dir(os.path.dirname(self._abs(dest)))
+            fsync_dir(os.path.dirname(self._abs(dest)))
         except OSError as exc:
             raise TargetError(dest, exc.strerror or str(exc)) from exc
 
